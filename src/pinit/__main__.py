@@ -1,0 +1,3 @@
+from pinit.cli import main
+
+main()

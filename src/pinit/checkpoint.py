@@ -1,0 +1,216 @@
+"""Open any checkpoint pinit understands and list its tensors.
+
+``open_checkpoint(path)`` recognises the format by content (SPEC section 1):
+safetensors, torch zip, legacy torch pickle, a Hugging Face sharded folder or
+index file, or a folder holding exactly one checkpoint file.  It reads headers
+and pickles only; tensor data is read later, chunk by chunk, through the
+entries' storages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pinit import dtypes
+from pinit.errors import PinitError
+from pinit.flatten import flatten
+from pinit.formats import safetensors as st
+from pinit.formats import torch_zip
+from pinit.formats.pickle_safety import DEFAULT_ALLOWED_GLOBALS, parse_global
+from pinit.storage import TensorEntry
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".tar")
+INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")
+
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTO = 0x80
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    allow_globals: tuple[str, ...] = ()
+    unsafe_pickle: bool = False
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        return frozenset(DEFAULT_ALLOWED_GLOBALS) | frozenset(parse_global(g) for g in self.allow_globals)
+
+
+@dataclass
+class Checkpoint:
+    """The tensors of one checkpoint, in file order, with what is needed to write it back."""
+
+    path: str
+    format: str  # "safetensors" | "torch" | "sharded"
+    tensors: list[TensorEntry]
+    metadata: dict[str, str] | None = None  # safetensors __metadata__
+    shards: list[Checkpoint] = field(default_factory=list)
+    index: dict[str, Any] | None = None  # the sharded index document
+    fds: list[int] = field(default_factory=list)
+    legacy: bool = False  # a legacy (non-zip) torch pickle
+    loaded_by_torch: bool = False
+    keepalive: Any = None  # the object tree torch loaded (its storages back the entries)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+        for shard in self.shards:
+            shard.close()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_checkpoint(path: str | os.PathLike[str], options: LoadOptions | None = None) -> Checkpoint:
+    """Open ``path`` (file, folder or index) and list its tensors; errors are PinitError."""
+    options = options or LoadOptions()
+    text = os.fspath(path)
+    try:
+        return _open(text, options)
+    except PinitError as e:
+        if e.path is None:
+            e.path = text
+        raise
+
+
+def _open(path: str, options: LoadOptions) -> Checkpoint:
+    p = Path(path)
+    if not p.exists():
+        raise PinitError("no such file or folder", path)
+    if p.is_dir():
+        return _open_folder(p, options)
+    if p.name.endswith(".index.json"):
+        return _open_sharded(p, options)
+    return _open_file(path, options)
+
+
+def _open_folder(folder: Path, options: LoadOptions) -> Checkpoint:
+    indexes = sorted(f for f in folder.iterdir() if f.is_file() and f.name.endswith(INDEX_SUFFIXES))
+    if len(indexes) == 1:
+        return _open_sharded(indexes[0], options)
+    if len(indexes) > 1:
+        names = ", ".join(f.name for f in indexes)
+        raise PinitError(f"folder holds several shard indexes ({names}); name the one to read", str(folder))
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.name.endswith(CHECKPOINT_SUFFIXES))
+    if len(files) == 1:
+        return _open_file(str(files[0]), options)
+    if not files:
+        raise PinitError("folder holds no checkpoint file or shard index", str(folder))
+    raise PinitError(f"folder holds {len(files)} checkpoint files and no index; name one", str(folder))
+
+
+def _open_file(path: str, options: LoadOptions) -> Checkpoint:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise PinitError(f"cannot open: {e.strerror}", path) from None
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, 16, 0)
+        if size == 0:
+            raise PinitError("empty file", path)
+        if head.startswith(ZIP_MAGIC):
+            ckpt = _open_torch_zip(path, fd, options)
+        elif head[0] == PICKLE_PROTO:
+            ckpt = _open_with_torch(path, options, mmap=False)
+            ckpt.legacy = True
+        elif st.looks_like_safetensors(head, size):
+            header = st.read_header(fd, size)
+            ckpt = Checkpoint(path, "safetensors", st.entries(header, fd, path), metadata=header.metadata)
+        else:
+            raise PinitError("not a checkpoint (neither safetensors, torch zip nor torch pickle)", path)
+    except PinitError as e:
+        os.close(fd)
+        if e.path is None:
+            e.path = path
+        raise
+    except BaseException:
+        os.close(fd)
+        raise
+    ckpt.fds.append(fd)
+    return ckpt
+
+
+def _open_torch_zip(path: str, fd: int, options: LoadOptions) -> Checkpoint:
+    if options.unsafe_pickle:
+        return _open_with_torch(path, options, mmap=True)
+    try:
+        zc = torch_zip.read_zip(path, fd, options.allowed)
+        leaves = flatten(zc.obj, lambda x: isinstance(x, torch_zip.TensorRef))
+        return Checkpoint(path, "torch", torch_zip.to_entries(zc, leaves))
+    except torch_zip.NeedsTorch:
+        return _open_with_torch(path, options, mmap=True)
+
+
+def _open_with_torch(path: str, options: LoadOptions, mmap: bool) -> Checkpoint:
+    from pinit.formats import torch_load
+
+    obj = torch_load.torch_load(path, options.allowed, options.unsafe_pickle, mmap)
+    return Checkpoint(path, "torch", torch_load.to_entries(obj), loaded_by_torch=True, keepalive=obj)
+
+
+def _open_sharded(index_path: Path, options: LoadOptions) -> Checkpoint:
+    folder = index_path.parent.resolve()
+    try:
+        doc = json.loads(index_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise PinitError(f"shard index is not valid JSON ({e})", str(index_path)) from None
+    except OSError as e:
+        raise PinitError(f"cannot read shard index: {e.strerror}", str(index_path)) from None
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise PinitError("shard index has no weight_map of tensor name to shard file", str(index_path))
+    shard_names = list(dict.fromkeys(weight_map.values()))
+    shards: list[Checkpoint] = []
+    tensors: list[TensorEntry] = []
+    owner: dict[str, str] = {}
+    try:
+        for name in shard_names:
+            shard_path = _shard_path(folder, name, index_path)
+            shard = _open_file(str(shard_path), options)
+            shards.append(shard)
+            for entry in shard.tensors:
+                if entry.name in owner:
+                    raise PinitError(
+                        f"tensor '{entry.name}' is in two shards ({owner[entry.name]} and {name})", str(index_path)
+                    )
+                owner[entry.name] = name
+                entry.extra["shard"] = name
+                entry.index = len(tensors)
+                tensors.append(entry)
+        for tname, shard_name in weight_map.items():
+            if owner.get(tname) != shard_name:
+                where = f"it is in {owner[tname]}" if tname in owner else "no shard holds it"
+                raise PinitError(f"index puts tensor '{tname}' in {shard_name} but {where}", str(index_path))
+    except BaseException:
+        for s in shards:
+            s.close()
+        raise
+    return Checkpoint(str(index_path), "sharded", tensors, shards=shards, index=doc)
+
+
+def _shard_path(folder: Path, name: str, index_path: Path) -> Path:
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or name != name.strip() or not name:
+        raise PinitError(f"shard name '{name}' leaves the checkpoint folder", str(index_path))
+    full = (folder / rel).resolve()
+    if not full.is_relative_to(folder):
+        raise PinitError(f"shard '{name}' is a link that leaves the checkpoint folder", str(index_path))
+    if not full.is_file():
+        raise PinitError(f"shard '{name}' named in the index is missing", str(index_path))
+    return full
+
+
+def dtype_of(entry: TensorEntry) -> dtypes.DType:
+    return dtypes.get(entry.dtype)

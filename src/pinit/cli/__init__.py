@@ -1,0 +1,5 @@
+"""The ``pinit`` command line (Typer).  Importing it does not import torch or numpy."""
+
+from pinit.cli.app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,45 @@
+"""The ``pinit`` command: a thin layer that parses options, calls the core and renders."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from pinit import __version__
+from pinit.cli import inspect_cmd, options
+from pinit.cli.errors import PinitGroup
+
+app = typer.Typer(
+    cls=PinitGroup,
+    name="pinit",
+    help="Inspect, check and re-initialize PyTorch checkpoints (.pt/.pth/.bin/.ckpt, .safetensors, sharded folders).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pinit {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: options.Debug = False,
+) -> None:
+    """Inspect, check and re-initialize PyTorch checkpoints."""
+
+
+app.command("inspect")(inspect_cmd.inspect)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,82 @@
+"""How the CLI ends: one ``error:`` line on stderr and exit code 2 for anything a user
+can cause, a traceback only with ``--debug`` (or ``PINIT_DEBUG=1``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import typer
+import typer.core
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+
+
+def error_line(message: str) -> str:
+    text = " ".join(str(message).split())  # one line, whatever the message held
+    return f"error: {text}"
+
+
+def die(message: str) -> NoReturn:
+    raise typer.Exit(_print_error(message))
+
+
+def _print_error(message: str) -> int:
+    print(error_line(message), file=sys.stderr)
+    return EXIT_USAGE
+
+
+def warn(message: str) -> None:
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def debug_requested(args: Sequence[str]) -> bool:
+    return "--debug" in args or os.environ.get("PINIT_DEBUG", "") not in ("", "0")
+
+
+class PinitGroup(typer.core.TyperGroup):
+    """The top-level command group: turns every failure into one line and an exit code."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        from pinit.errors import PinitError
+
+        argv = list(sys.argv[1:] if args is None else args)
+        code: int
+        try:
+            rv = super().main(argv, prog_name or "pinit", complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else EXIT_OK
+        except typer.Exit as e:
+            code = e.exit_code
+        except typer.Abort:
+            code = _print_error("interrupted")
+        except typer.TyperException as e:  # usage errors: bad option, missing argument, bad value
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            code = _print_error(e.format_message() + hint)
+        except PinitError as e:
+            if debug_requested(argv):
+                traceback.print_exc()
+            code = _print_error(str(e))
+        except KeyboardInterrupt:
+            code = _print_error("interrupted")
+        except BrokenPipeError:
+            code = EXIT_OK
+        except Exception as e:
+            if debug_requested(argv):
+                traceback.print_exc()
+            code = _print_error(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+        if standalone_mode:
+            sys.exit(code)
+        return code

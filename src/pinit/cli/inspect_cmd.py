@@ -1,0 +1,170 @@
+"""``pinit inspect``: list tensors with statistics and flags."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from pinit.cli import options as opt
+from pinit.cli import output as out
+from pinit.cli.common import load_options, open_path
+
+if TYPE_CHECKING:
+    from pinit.inspect import Report, TensorReport
+
+SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
+
+
+def inspect(
+    path: Annotated[str, typer.Argument(help="Checkpoint file, sharded folder or index file.", show_default=False)],
+    match: opt.Match = None,
+    exclude: opt.Exclude = None,
+    flagged: opt.Flagged = False,
+    no_stats: Annotated[
+        bool, typer.Option("--no-stats", help="Header only: names, shapes, dtypes; reads no tensor data.")
+    ] = False,
+    values: Annotated[
+        int, typer.Option("--values", metavar="N", help="Show the first N values of each tensor.", min=0)
+    ] = 0,
+    hist: Annotated[bool, typer.Option("--hist", help="A small histogram of each floating tensor.")] = False,
+    sort: Annotated[
+        opt.SortKey, typer.Option("--sort", help="Row order: file order, name, or size (largest first).")
+    ] = opt.SortKey.order,
+    max_abs: opt.MaxAbs = 1e6,
+    fmt: Annotated[opt.InspectFormat, typer.Option("--format", "-f", help="Output format.")] = opt.InspectFormat.table,
+    unsafe_pickle: opt.UnsafePickle = False,
+    allow_global: opt.AllowGlobal = None,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """List every tensor of a checkpoint: shape, dtype, requires_grad, statistics and flags.
+
+    Exit 0 whatever the flags: inspect informs, 'pinit check' gates.
+    """
+    from pinit.inspect import inspect_checkpoint
+    from pinit.selection import Selector
+
+    selector = Selector(match or (), exclude or ())
+    with open_path(path, load_options(allow_global, unsafe_pickle)) as ckpt:
+        total = sum(e.nbytes for e in ckpt.tensors if selector(e.name))
+        with out.progress_bar(0 if no_stats else total, "statistics", quiet) as progress:
+            report = inspect_checkpoint(
+                ckpt,
+                selector=selector,
+                flagged=flagged,
+                stats=not no_stats,
+                values=values,
+                hist=hist,
+                max_abs=max_abs,
+                sort=sort.value,
+                progress=progress,
+            )
+    render(report, fmt, with_stats=not no_stats, values=values > 0, hist=hist)
+
+
+def render(report: Report, fmt: opt.InspectFormat, *, with_stats: bool, values: bool, hist: bool) -> None:
+    if fmt is opt.InspectFormat.json:
+        out.print_json(report.as_json())
+    elif fmt is opt.InspectFormat.csv:
+        _render_csv(report)
+    else:
+        columns, rows = _table(report, with_stats, values, hist)
+        if fmt is opt.InspectFormat.markdown:
+            out.render_markdown(columns, rows)
+            print()
+            for line in _summary_lines(report):
+                print(f"- {line}")
+        else:
+            out.render_table(columns, rows, title=f"{report.path} ({report.format})")
+            for line in _summary_lines(report):
+                print(line)
+
+
+def _flag_cells(t: TensorReport) -> out.Cell:
+    if not t.flags:
+        return ("", None)
+    worst = "error" if any(f.severity == "error" for f in t.flags) else "warning"
+    return (",".join(f.code for f in t.flags), SEVERITY_STYLE[worst])
+
+
+def _table(report: Report, with_stats: bool, values: bool, hist: bool) -> tuple[list[out.Column], list[list[out.Cell]]]:
+    columns: list[out.Column] = [
+        ("name", "left"),
+        ("shape", "left"),
+        ("dtype", "left"),
+        ("params", "right"),
+        ("requires_grad", "left"),
+    ]
+    if with_stats:
+        columns += [("mean", "right"), ("std", "right"), ("min", "right"), ("max", "right"), ("flags", "left")]
+    if hist:
+        columns.append(("hist", "left"))
+    if values:
+        columns.append(("values", "left"))
+    rows = []
+    for t in report.tensors:
+        e = t.entry
+        name = e.name + (f"  (= {', '.join(t.tied_with)})" if t.tied_with else "")
+        row: list[out.Cell] = [
+            (name, None),
+            (out.fmt_shape(e.shape), None),
+            (e.dtype, None),
+            (out.fmt_int(e.numel), None),
+            (out.fmt_bool3(e.requires_grad), None),
+        ]
+        if with_stats:
+            s = t.stats
+            row += [
+                (out.fmt_num(s.mean if s else None), None),
+                (out.fmt_num(s.std if s else None), None),
+                (out.fmt_num(s.min if s else None), None),
+                (out.fmt_num(s.max if s else None), None),
+                _flag_cells(t),
+            ]
+        if hist:
+            row.append((out.sparkline(t.hist), None))
+        if values:
+            row.append(("[" + ", ".join(out.fmt_value(v) for v in t.values or []) + "]", None))
+        rows.append(row)
+    return columns, rows
+
+
+def _summary_lines(report: Report) -> list[str]:
+    s = report.summary()
+    dtypes = ", ".join(f"{k}: {out.fmt_int(v)}" for k, v in s["by_dtype"].items())
+    lines = [
+        f"{s['tensors']} tensors, {out.fmt_int(s['parameters'])} parameters, {out.fmt_bytes(s['bytes'])}"
+        + (f" ({dtypes})" if dtypes else ""),
+        f"flags: {s['errors']} errors, {s['warnings']} warnings",
+    ]
+    for group in s["tied"]:
+        lines.append("tied: " + " = ".join(group))
+    for t in report.tensors:
+        for f in t.flags:
+            lines.append(f"{f.severity}: {t.name}: {f.code}: {f.message}")
+    return lines
+
+
+def _render_csv(report: Report) -> None:
+    header = [
+        "name", "shape", "dtype", "numel", "nbytes", "requires_grad",
+        "mean", "std", "min", "max", "abs_max", "zeros", "nan", "inf", "subnormal", "flags", "tied_with",
+    ]  # fmt: skip
+    rows = []
+    for t in report.tensors:
+        e = t.entry
+        st = t.stats.as_json() if t.stats else {}
+        rows.append(
+            [
+                e.name,
+                "x".join(str(s) for s in e.shape),
+                e.dtype,
+                e.numel,
+                e.nbytes,
+                out.fmt_bool3(e.requires_grad).replace("—", ""),
+            ]
+            + [st.get(k) for k in ("mean", "std", "min", "max", "abs_max", "zeros", "nan", "inf", "subnormal")]
+            + [";".join(f.code for f in t.flags), ";".join(t.tied_with)]
+        )
+    out.render_csv(header, rows)

@@ -1,0 +1,55 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+Match = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--match",
+        "-m",
+        help="Select tensors whose name matches this regular expression (re.search); repeatable, a union.",
+    ),
+]
+Exclude = Annotated[
+    list[str] | None,
+    typer.Option("--exclude", "-x", help="Drop tensors whose name matches this regular expression; repeatable."),
+]
+Flagged = Annotated[bool, typer.Option("--flagged", help="Only tensors with at least one error flag.")]
+MaxAbs = Annotated[
+    float, typer.Option("--max-abs", help="Finite values with |x| above this are flagged 'huge'.", min=0.0)
+]
+UnsafePickle = Annotated[
+    bool,
+    typer.Option(
+        "--unsafe-pickle",
+        help="Load torch pickles fully, running any code they hold. Only for files you trust.",
+    ),
+]
+AllowGlobal = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-global",
+        metavar="MODULE.NAME",
+        help="Admit one more pickle global (e.g. omegaconf.DictConfig) as plain data; repeatable.",
+    ),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no warnings.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
+
+
+class InspectFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    markdown = "markdown"
+
+
+class SortKey(str, Enum):
+    order = "order"
+    name = "name"
+    size = "size"

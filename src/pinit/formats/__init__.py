@@ -1,0 +1,1 @@
+"""Readers (and later writers) of the checkpoint formats pinit understands."""

@@ -1,0 +1,64 @@
+"""Which pickle globals pinit admits: torch's plain-data set plus a small allowlist.
+
+``weights_only=True`` refuses some harmless standard-library types that real
+training checkpoints hold (Lightning stores an ``argparse.Namespace`` or a
+``pathlib.PosixPath`` among its hyper-parameters).  These are admitted through
+torch's own ``safe_globals`` mechanism; ``--allow-global module.Name`` adds more.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pinit.errors import PinitError
+
+# Data-only types that weights_only refuses but training checkpoints hold.
+DEFAULT_ALLOWED_GLOBALS: tuple[str, ...] = (
+    "argparse.Namespace",
+    "pathlib.Path",
+    "pathlib.PosixPath",
+    "pathlib.WindowsPath",
+    "pathlib.PurePath",
+    "pathlib.PurePosixPath",
+    "pathlib.PureWindowsPath",
+    "builtins.frozenset",
+    "builtins.slice",
+    "builtins.range",
+    "datetime.datetime",
+    "datetime.date",
+    "datetime.time",
+    "datetime.timedelta",
+    "datetime.timezone",
+    "decimal.Decimal",
+    "fractions.Fraction",
+    "uuid.UUID",
+    "enum.Enum",
+)
+
+
+def parse_global(spec: str) -> str:
+    """Validate a ``module.Name`` given to --allow-global."""
+    parts = spec.strip().split(".")
+    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        raise PinitError(f"--allow-global expects module.Name, got '{spec}'")
+    return spec.strip()
+
+
+def resolve_globals(names: list[str] | tuple[str, ...]) -> list[Any]:
+    """The objects behind ``module.Name`` strings, for torch's ``safe_globals``.
+
+    Only importable objects are returned; a name that does not resolve is
+    skipped for torch (it cannot appear in a file that loads anyway).
+    """
+    out = []
+    for full in names:
+        module, _, name = full.rpartition(".")
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in name.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError):
+            continue
+        out.append(obj)
+    return out

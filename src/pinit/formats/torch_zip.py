@@ -1,0 +1,385 @@
+"""torch zip checkpoints (``torch.save``'s default format) read without torch.
+
+The zip holds ``<prefix>/data.pkl`` (the object tree, pickled, with tensors as
+persistent references to storages) and one uncompressed member per storage,
+``<prefix>/data/<key>``.  :class:`RestrictedUnpickler` admits only the globals
+that torch's ``weights_only`` unpickler admits, plus the allowlist; it never
+calls anything from the file.  Tensors become :class:`TensorRef` placeholders
+whose bytes are read straight from the zip member's position in the file.
+
+Tensor kinds this reader does not model (quantized, sparse, nested, wrapper
+subclasses) raise :class:`NeedsTorch`, and the caller loads the file with
+``torch.load(weights_only=True)`` instead.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import pickle
+import struct
+import zipfile
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from pinit import dtypes
+from pinit.errors import PinitError, UnsafeGlobalError
+from pinit.storage import FileStorage, Storage, StreamStorage, TensorEntry
+
+MAX_PICKLE_BYTES = 1 << 30
+
+
+class NeedsTorch(Exception):
+    """The file holds something only torch itself can rebuild (still weights_only)."""
+
+
+@dataclass
+class StorageRef:
+    key: str
+    dtype: str | None  # None for an untyped storage (the tensor gives the dtype)
+    numel: int  # elements for typed storages, bytes for untyped
+
+
+@dataclass
+class TensorRef:
+    storage: StorageRef
+    offset: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dtype: str
+    requires_grad: bool | None
+    is_parameter: bool = False
+
+
+class _Marker:
+    def __init__(self, name: str, value: Any = None) -> None:
+        self.name = name
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+class Opaque:
+    """Stands in for an allowed non-torch object; records its arguments, runs nothing."""
+
+    _pinit_global = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Opaque:
+        obj = object.__new__(cls)
+        obj.__dict__["_args"] = args
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.__dict__["_args"] = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__["_state"] = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.__dict__.setdefault("_items", {})[key] = value
+
+    def append(self, value: Any) -> None:
+        self.__dict__.setdefault("_list", []).append(value)
+
+    def extend(self, values: Any) -> None:
+        self.__dict__.setdefault("_list", []).extend(values)
+
+    def __repr__(self) -> str:
+        return f"<{self._pinit_global}>"
+
+
+def _opaque_class(full: str) -> type:
+    return type(full.rpartition(".")[2], (Opaque,), {"_pinit_global": full})
+
+
+def _int_tuple(v: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(v, (tuple, list)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        raise PinitError(f"invalid tensor {what} {v!r} in pickle")
+    return tuple(v)
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None = None) -> TensorRef:
+    if not isinstance(storage, StorageRef):
+        raise PinitError("tensor in pickle without a storage")
+    if not isinstance(offset, int):
+        raise PinitError("invalid storage offset in pickle")
+    dt = dtype or storage.dtype
+    if dt is None:
+        raise PinitError("untyped storage used without a dtype")
+    return TensorRef(storage, offset, _int_tuple(size, "size"), _int_tuple(stride, "stride"), dt, None)
+
+
+def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):  # type: ignore[no-untyped-def]
+    t = _rebuild_tensor(storage, offset, size, stride)
+    t.requires_grad = True if requires_grad is True else None
+    return t
+
+
+def _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype, metadata=None):  # type: ignore[no-untyped-def]
+    if not isinstance(dtype, _Marker) or dtype.name != "dtype":
+        raise PinitError("invalid dtype in pickle")
+    t = _rebuild_tensor(storage, offset, size, stride, dtype.value)
+    t.requires_grad = True if requires_grad is True else None
+    return t
+
+
+def _rebuild_parameter(data, requires_grad, hooks=None, state=None):  # type: ignore[no-untyped-def]
+    if not isinstance(data, TensorRef):
+        raise PinitError("parameter in pickle without tensor data")
+    data.requires_grad = bool(requires_grad)
+    data.is_parameter = True
+    return data
+
+
+def _rebuild_from_type_v2(func, new_type, args, state):  # type: ignore[no-untyped-def]
+    if not callable(func) or not isinstance(args, tuple):
+        raise PinitError("invalid tensor rebuild in pickle")
+    t = func(*args)
+    if isinstance(new_type, _Marker) and new_type.name == "type" and new_type.value == "Parameter":
+        if isinstance(t, TensorRef):
+            t.is_parameter = True
+            if t.requires_grad is None:
+                t.requires_grad = False
+    elif not (isinstance(new_type, _Marker) and new_type.name == "type"):
+        raise NeedsTorch("tensor subclass")
+    return t
+
+
+def _needs_torch(*_args: Any, **_kw: Any) -> Any:
+    raise NeedsTorch("tensor kind")
+
+
+def _codecs_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
+        raise PinitError("unexpected _codecs.encode call in pickle")
+    return codecs.encode(text, encoding)
+
+
+_TORCH_DTYPE_NAMES = set(dtypes.BY_NAME) | {
+    "float4_e2m1fn_x2",
+    "float8_e8m0fnu",
+    "qint8",
+    "quint8",
+    "qint32",
+    "quint4x2",
+    "quint2x4",
+    "complex32",
+    "cfloat",
+    "cdouble",
+    "half",
+    "float",
+    "double",
+    "long",
+    "int",
+    "short",
+    "bits8",
+    "bits16",
+    "uint1",
+    "int1",
+}
+
+_REBUILDERS: dict[str, Any] = {
+    "torch._utils._rebuild_tensor": _rebuild_tensor,
+    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
+    "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
+}
+for _name in (
+    "_rebuild_qtensor",
+    "_rebuild_sparse_tensor",
+    "_rebuild_nested_tensor",
+    "_rebuild_wrapper_subclass",
+    "_rebuild_meta_tensor_no_storage",
+    "_rebuild_device_tensor_from_cpu_tensor",
+    "_rebuild_device_tensor_from_numpy",
+):
+    _REBUILDERS[f"torch._utils.{_name}"] = _needs_torch
+
+_PLAIN: dict[str, Any] = {
+    "collections.OrderedDict": OrderedDict,
+    "collections.Counter": Counter,
+    "builtins.set": set,
+    "builtins.bytearray": bytearray,
+    "builtins.complex": complex,
+    "_codecs.encode": _codecs_encode,
+    "torch.Size": tuple,
+    "torch.device": _Marker("device"),
+    "torch.serialization._get_layout": _Marker("layout"),
+    "torch.nn.parameter.Parameter": _Marker("type", "Parameter"),
+    "torch.Tensor": _Marker("type", "Tensor"),
+    "torch.storage.UntypedStorage": _Marker("storage", None),
+    "torch.storage.TypedStorage": _Marker("storage", None),
+}
+for _cls, _dt in dtypes.STORAGE_CLASS_DTYPE.items():
+    _PLAIN[f"torch.{_cls}"] = _Marker("storage", _dt)
+    _PLAIN[f"torch.cuda.{_cls}"] = _Marker("storage", _dt)
+for _q in ("QInt32Storage", "QInt8Storage", "QUInt2x4Storage", "QUInt4x2Storage", "QUInt8Storage"):
+    _PLAIN[f"torch.{_q}"] = _Marker("storage", "quantized")
+for _dt in _TORCH_DTYPE_NAMES:
+    _PLAIN[f"torch.{_dt}"] = _Marker("dtype", _dt)
+for _qs in (
+    "per_tensor_affine",
+    "per_tensor_symmetric",
+    "per_channel_affine",
+    "per_channel_symmetric",
+    "per_channel_affine_float_qparams",
+):
+    _PLAIN[f"torch.{_qs}"] = _Marker("qscheme", _qs)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that builds only plain data and placeholders; it calls nothing foreign."""
+
+    def __init__(self, file: io.BufferedIOBase, allowed: frozenset[str]) -> None:
+        super().__init__(file)
+        self.allowed = allowed
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f"{module}.{name}"
+        if full in _REBUILDERS:
+            return _REBUILDERS[full]
+        if full in _PLAIN:
+            return _PLAIN[full]
+        if full in self.allowed:
+            return _opaque_class(full)
+        raise UnsafeGlobalError(full)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise PinitError(f"unexpected persistent id in pickle: {pid!r:.80}")
+        _, kind, key, _location, numel = pid
+        if not isinstance(kind, _Marker) or kind.name != "storage":
+            raise PinitError("invalid storage type in pickle")
+        if kind.value == "quantized":
+            raise NeedsTorch("quantized storage")
+        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+            raise PinitError("invalid storage reference in pickle")
+        return StorageRef(key, kind.value, numel)
+
+
+def unpickle(data: bytes, allowed: frozenset[str]) -> Any:
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), allowed).load()
+    except (PinitError, NeedsTorch):
+        raise
+    except RecursionError:
+        raise PinitError("pickle nested too deeply") from None
+    except MemoryError:
+        raise PinitError("pickle asks for more memory than is available") from None
+    except Exception as e:  # any malformed pickle: EOF, bad opcode, wrong types for our placeholders
+        raise PinitError(f"cannot read the pickle ({type(e).__name__}: {e})") from None
+
+
+@dataclass
+class ZipCheckpoint:
+    obj: Any  # the object tree with TensorRef leaves
+    path: str
+    fd: int
+    members: dict[str, zipfile.ZipInfo]
+    prefix: str
+
+
+def _member_data_offset(fd: int, info: zipfile.ZipInfo, file_size: int) -> int:
+    head = os.pread(fd, 30, info.header_offset)
+    if len(head) != 30 or head[:4] != b"PK\x03\x04":
+        raise PinitError(f"zip member '{info.filename}' has a bad local header")
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    if start + info.file_size > file_size:
+        raise PinitError(f"zip member '{info.filename}' runs past the end of the file")
+    return start
+
+
+def read_zip(path: str, fd: int, allowed: frozenset[str]) -> ZipCheckpoint:
+    """Read the object tree of a torch zip checkpoint (no tensor data is read)."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise PinitError(f"not a readable zip archive ({e})") from None
+    with zf:
+        try:
+            infos = {i.filename: i for i in zf.infolist()}
+        except Exception as e:
+            raise PinitError(f"not a readable zip archive ({e})") from None
+        pkls = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pkls) != 1:
+            raise PinitError("zip archive is not a torch checkpoint (no single <name>/data.pkl)")
+        prefix = pkls[0][: -len("data.pkl")]
+        pkl_info = infos[pkls[0]]
+        if pkl_info.file_size > MAX_PICKLE_BYTES:
+            raise PinitError("data.pkl is larger than 1 GiB")
+        try:
+            data = zf.read(pkl_info)
+            order = infos.get(prefix + "byteorder")
+            byteorder = zf.read(order).decode("ascii", "replace").strip() if order else "little"
+        except Exception as e:
+            raise PinitError(f"cannot read the zip archive ({type(e).__name__}: {e})") from None
+    if byteorder != "little":
+        raise PinitError(f"big-endian checkpoints are not supported (byteorder '{byteorder}')")
+    obj = unpickle(data, allowed)
+    return ZipCheckpoint(obj, path, fd, infos, prefix)
+
+
+class _ClosingMember:
+    def __init__(self, zf: zipfile.ZipFile, member: Any) -> None:
+        self.zf = zf
+        self.member = member
+
+    def __enter__(self) -> Any:
+        return self.member
+
+    def __exit__(self, *exc: Any) -> None:
+        self.member.close()
+        self.zf.close()
+
+
+def _storage(ckpt: ZipCheckpoint, ref: StorageRef, file_size: int) -> Storage:
+    info = ckpt.members.get(f"{ckpt.prefix}data/{ref.key}")
+    if info is None:
+        raise PinitError(f"storage '{ref.key}' is missing from the zip archive")
+    nbytes = ref.numel * (dtypes.get(ref.dtype).itemsize if ref.dtype else 1)
+    if nbytes > info.file_size:
+        raise PinitError(f"storage '{ref.key}' claims {nbytes} bytes but its zip member holds {info.file_size}")
+    key = (ckpt.path, ref.key)
+    if info.compress_type == zipfile.ZIP_STORED:
+        return FileStorage(ckpt.fd, _member_data_offset(ckpt.fd, info, file_size), nbytes, key, ckpt.path)
+
+    def opener() -> Any:
+        z = zipfile.ZipFile(ckpt.path)
+        return _ClosingMember(z, z.open(info))
+
+    return StreamStorage(opener, nbytes, key)
+
+
+def to_entries(ckpt: ZipCheckpoint, leaves: list[Any]) -> list[TensorEntry]:
+    """Entries for the flattened TensorRef leaves, each validated against its storage."""
+    file_size = os.fstat(ckpt.fd).st_size
+    storages: dict[str, Storage] = {}
+    out = []
+    for i, leaf in enumerate(leaves):
+        ref: TensorRef = leaf.value
+        if ref.dtype not in dtypes.BY_NAME:
+            raise NeedsTorch(f"dtype {ref.dtype}")
+        if len(ref.strides) != len(ref.shape):
+            raise PinitError(f"tensor '{leaf.name}' has {len(ref.shape)} sizes but {len(ref.strides)} strides")
+        storage = storages.get(ref.storage.key)
+        if storage is None:
+            storage = storages[ref.storage.key] = _storage(ckpt, ref.storage, file_size)
+        entry = TensorEntry(
+            name=leaf.name,
+            dtype=ref.dtype,
+            shape=ref.shape,
+            storage=storage,
+            offset=ref.offset,
+            strides=ref.strides,
+            requires_grad=ref.requires_grad,
+            index=i,
+        )
+        entry.validate()
+        out.append(entry)
+    return out

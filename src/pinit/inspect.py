@@ -1,0 +1,178 @@
+"""``inspect``: statistics, flags and a summary for the tensors of a checkpoint."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from pinit.checkpoint import Checkpoint
+from pinit.errors import PinitError
+from pinit.flags import DEFAULT_MAX_ABS, ERROR, WARNING, Flag, duplicate_groups, tied_groups, value_flags
+from pinit.selection import Selector
+from pinit.stats import Stats, compute_stats, first_values, histogram
+from pinit.storage import TensorEntry
+
+SORT_KEYS = ("order", "name", "size")
+
+
+@dataclass
+class TensorReport:
+    entry: TensorEntry
+    stats: Stats | None = None
+    flags: list[Flag] = field(default_factory=list)
+    tied_with: list[str] = field(default_factory=list)
+    values: list[Any] | None = None
+    hist: list[int] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def as_json(self) -> dict[str, Any]:
+        e = self.entry
+        doc: dict[str, Any] = {
+            "name": e.name,
+            "shape": list(e.shape),
+            "dtype": e.dtype,
+            "numel": e.numel,
+            "nbytes": e.nbytes,
+            "requires_grad": e.requires_grad,
+            "tied_with": self.tied_with,
+            "stats": self.stats.as_json() if self.stats else None,
+            "flags": [f.as_json() for f in self.flags],
+        }
+        if "shard" in e.extra:
+            doc["shard"] = e.extra["shard"]
+        if self.values is not None:
+            doc["values"] = self.values
+        if self.hist is not None:
+            doc["hist"] = self.hist
+        return doc
+
+
+@dataclass
+class Report:
+    path: str
+    format: str
+    tensors: list[TensorReport]
+    tied: list[list[str]]
+
+    def summary(self) -> dict[str, Any]:
+        params = 0
+        nbytes = 0
+        by_dtype: dict[str, int] = defaultdict(int)
+        seen: set[tuple[object, ...]] = set()
+        for t in self.tensors:
+            e = t.entry
+            if e.view_key in seen:  # tied tensors count once
+                continue
+            seen.add(e.view_key)
+            params += e.numel
+            nbytes += e.nbytes
+            by_dtype[e.dtype] += e.numel
+        flags = [f for t in self.tensors for f in t.flags]
+        return {
+            "tensors": len(self.tensors),
+            "parameters": params,
+            "bytes": nbytes,
+            "by_dtype": dict(by_dtype),
+            "errors": sum(f.severity == ERROR for f in flags),
+            "warnings": sum(f.severity == WARNING for f in flags),
+            "tied": self.tied,
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "tensors": [t.as_json() for t in self.tensors],
+            "summary": self.summary(),
+        }
+
+
+ProgressFn = Callable[[int], None]
+
+
+def compute_all_stats(
+    entries: Sequence[TensorEntry],
+    max_abs: float = DEFAULT_MAX_ABS,
+    progress: ProgressFn | None = None,
+    threads: int = 2,
+) -> dict[str, Stats | None]:
+    """Statistics of every entry (tied views are read once), using ``threads`` workers."""
+    by_view: dict[tuple[object, ...], TensorEntry] = {}
+    for e in entries:
+        by_view.setdefault(e.view_key, e)
+
+    def one(e: TensorEntry) -> Stats | None:
+        st = compute_stats(e, max_abs)
+        if progress:
+            progress(e.nbytes)
+        return st
+
+    unique = sorted(by_view.values(), key=lambda e: -e.nbytes)
+    if threads > 1 and len(unique) > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            results = dict(zip((e.view_key for e in unique), pool.map(one, unique)))
+    else:
+        results = {e.view_key: one(e) for e in unique}
+    return {e.name: results[e.view_key] for e in entries}
+
+
+def inspect_checkpoint(
+    ckpt: Checkpoint,
+    *,
+    selector: Selector | None = None,
+    flagged: bool = False,
+    stats: bool = True,
+    values: int = 0,
+    hist: bool = False,
+    max_abs: float = DEFAULT_MAX_ABS,
+    sort: str = "order",
+    progress: ProgressFn | None = None,
+) -> Report:
+    """Build the report of ``inspect``: selected tensors, their statistics, flags and a summary."""
+    if sort not in SORT_KEYS:
+        raise PinitError(f"--sort must be one of {', '.join(SORT_KEYS)}, not '{sort}'")
+    if flagged and not stats:
+        raise PinitError("--flagged needs statistics; drop --no-stats")
+    if values < 0:
+        raise PinitError("--values must be 0 or more")
+    if not max_abs > 0:
+        raise PinitError("--max-abs must be a positive number")
+    selector = selector or Selector()
+    chosen = [e for e in ckpt.tensors if selector(e.name)]
+    reports = [TensorReport(e) for e in chosen]
+    tied = tied_groups(chosen)
+    tied_of = {name: group for group in tied for name in group}
+    for r in reports:
+        r.tied_with = [n for n in tied_of.get(r.name, []) if n != r.name]
+    if stats:
+        all_stats = compute_all_stats(chosen, max_abs, progress)
+        for r in reports:
+            r.stats = all_stats[r.name]
+            if r.stats is not None:
+                r.flags = value_flags(r.entry, r.stats, max_abs)
+        found = {n: s for n, s in all_stats.items() if s is not None}
+        for group in duplicate_groups(chosen, found):
+            for r in reports:
+                if r.name in group:
+                    others = ", ".join(n for n in group if n != r.name)
+                    r.flags.append(Flag("duplicate", WARNING, f"same bytes as {others} (separate storage)"))
+        if hist:
+            for r in reports:
+                if r.stats is not None:
+                    r.hist = histogram(r.entry, r.stats)
+    if values:
+        for r in reports:
+            r.values = first_values(r.entry, values)
+    if flagged:
+        reports = [r for r in reports if any(f.severity == ERROR for f in r.flags)]
+    if sort == "name":
+        reports.sort(key=lambda r: r.name)
+    elif sort == "size":
+        reports.sort(key=lambda r: (-r.entry.nbytes, r.entry.index))
+    return Report(ckpt.path, ckpt.format, reports, tied)
