@@ -12,7 +12,7 @@ Match = Annotated[
     typer.Option(
         "--match",
         "-m",
-        help="Select tensors whose name matches this regular expression (re.search); repeatable, a union.",,
+        help="Select tensors whose name matches this regular expression (re.search); repeatable, a union.",
     ),
 ]
 Exclude = Annotated[
