@@ -1,0 +1,68 @@
+"""Shared fixtures: drive the real CLI in-process (Typer's runner) or in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from pinit.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_checkpoints"
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def run_cli(*args: str | os.PathLike[str]) -> Result:
+    """Run ``pinit ARGS`` in-process through Typer's test runner."""
+    runner = CliRunner()
+    r = runner.invoke(app, [os.fspath(a) for a in args], catch_exceptions=False)
+    return Result(r.exit_code, r.stdout, r.stderr)
+
+
+def run_subprocess(*args: str | os.PathLike[str], env: dict[str, str] | None = None) -> Result:
+    """Run ``python -m pinit ARGS`` in a fresh interpreter (for import checks and real exits)."""
+    full_env = {**os.environ, **(env or {})}
+    p = subprocess.run(
+        [sys.executable, "-m", "pinit", *(os.fspath(a) for a in args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+    )
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+def assert_one_error_line(result: Result) -> None:
+    """Exit 2, and stderr is exactly one line starting with 'error:' (no traceback)."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def cli() -> Any:
+    return run_cli
+
+
+@pytest.fixture
+def samples() -> Path:
+    return SAMPLES
