@@ -53,7 +53,7 @@ class Checkpoint:
     fds: list[int] = field(default_factory=list)
     legacy: bool = False  # a legacy (non-zip) torch pickle
     loaded_by_torch: bool = False
-    keepalive: Any = None  # the object tree torch loaded (its storages back the entries)
+    tree: Any = None  # torch pickles: the unpickled object tree (tensors or placeholders as leaves)
 
     def close(self) -> None:
         for fd in self.fds:
@@ -148,7 +148,7 @@ def _open_torch_zip(path: str, fd: int, options: LoadOptions) -> Checkpoint:
     try:
         zc = torch_zip.read_zip(path, fd, options.allowed)
         leaves = flatten(zc.obj, lambda x: isinstance(x, torch_zip.TensorRef))
-        return Checkpoint(path, "torch", torch_zip.to_entries(zc, leaves))
+        return Checkpoint(path, "torch", torch_zip.to_entries(zc, leaves), tree=zc.obj)
     except torch_zip.NeedsTorch:
         return _open_with_torch(path, options, mmap=True)
 
@@ -157,7 +157,7 @@ def _open_with_torch(path: str, options: LoadOptions, mmap: bool) -> Checkpoint:
     from pinit.formats import torch_load
 
     obj = torch_load.torch_load(path, options.allowed, options.unsafe_pickle, mmap)
-    return Checkpoint(path, "torch", torch_load.to_entries(obj), loaded_by_torch=True, keepalive=obj)
+    return Checkpoint(path, "torch", torch_load.to_entries(obj), loaded_by_torch=True, tree=obj)
 
 
 def _open_sharded(index_path: Path, options: LoadOptions) -> Checkpoint:

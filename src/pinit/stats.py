@@ -17,6 +17,8 @@ import numpy as np
 from pinit import dtypes
 from pinit.storage import CHUNK_BYTES, TensorEntry
 
+_BIG = 2.0**400  # largest magnitude accumulated unscaled: squares times counts stay far below float64's max
+
 
 @dataclass
 class Stats:
@@ -68,6 +70,9 @@ class _FloatAccumulator:
         self.subnormal = 0
         self.huge = 0
         self.work: np.ndarray | None = None
+        # mean and m2 are kept in units of 1/scale, a power of two below 1 once float64 values
+        # beyond _BIG arrive (garbage near 1e308 would otherwise overflow sums and squares)
+        self.scale = 1.0
 
     def _scratch(self, n: int) -> np.ndarray:
         if self.work is None or self.work.size < n:
@@ -103,10 +108,22 @@ class _FloatAccumulator:
             self.subnormal += int(np.count_nonzero(absw < self.tiny)) - int(n - np.count_nonzero(work))
         if max(-lo, hi) > self.max_abs:
             self.huge += int(np.count_nonzero(absw > self.max_abs))
+        total = s
+        if max(-lo, hi) * self.scale > _BIG:
+            self._rescale(2.0 ** math.floor(math.log2(_BIG / max(-lo, hi))))
+        if self.scale != 1.0:
+            np.multiply(work, self.scale, out=work)
+            s = float(np.add.reduce(work))
         mean = s / n
         np.subtract(work, mean, out=work)
         m2 = float(np.dot(work, work))
-        self._merge(n, mean, m2, s)
+        self._merge(n, mean, m2, total)
+
+    def _rescale(self, scale: float) -> None:
+        f = scale / self.scale
+        self.mean *= f
+        self.m2 *= f * f
+        self.scale = scale
 
     def _merge(self, n: int, mean: float, m2: float, s: float) -> None:
         total = self.n + n
@@ -120,11 +137,11 @@ class _FloatAccumulator:
         st = Stats(numel=numel, zeros=self.zeros, nan=self.nan, inf=self.inf, subnormal=self.subnormal, huge=self.huge)
         st.total = self.total
         if self.n:
-            st.mean = self.mean
+            st.mean = self.mean / self.scale
             st.min = self.min
             st.max = self.max
             st.abs_max = max(abs(self.min), abs(self.max))
-            st.std = math.sqrt(max(self.m2, 0.0) / (self.n - 1)) if self.n > 1 else None
+            st.std = math.sqrt(max(self.m2, 0.0) / (self.n - 1)) / self.scale if self.n > 1 else None
         return st
 
 

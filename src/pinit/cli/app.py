@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from pinit import __version__
-from pinit.cli import inspect_cmd, options
+from pinit.cli import inspect_cmd, options, reinit_cmd, schemes_cmd
 from pinit.cli.errors import PinitGroup
 
 app = typer.Typer(
@@ -38,6 +38,8 @@ def main_options(
 
 
 app.command("inspect")(inspect_cmd.inspect)
+app.command("reinit")(reinit_cmd.reinit)
+app.command("schemes")(schemes_cmd.schemes)
 
 
 def main() -> None:

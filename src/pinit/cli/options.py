@@ -53,3 +53,14 @@ class SortKey(str, Enum):
     order = "order"
     name = "name"
     size = "size"
+
+
+class JsonOrTable(str, Enum):
+    table = "table"
+    json = "json"
+
+
+Seed = Annotated[
+    int | None,
+    typer.Option("--seed", help="Seed of the per-tensor generators (drawn, printed and recorded when omitted).", min=0),
+]

@@ -20,7 +20,7 @@ from pinit.flatten import flatten
 from pinit.formats.pickle_safety import resolve_globals
 from pinit.storage import MemoryStorage, TensorEntry
 
-_GLOBAL_RE = re.compile(r"(?:Unsupported global: GLOBAL|global) ([\w.]+)")
+_GLOBAL_RE = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL|global) ([\w.]+)")
 
 
 def torch_load(path: str, allowed: frozenset[str], unsafe: bool, mmap: bool) -> Any:
@@ -43,7 +43,8 @@ def torch_load(path: str, allowed: frozenset[str], unsafe: bool, mmap: bool) -> 
         text = str(e)
         m = _GLOBAL_RE.search(text)
         if m and "Weights only load failed" in text:
-            raise UnsafeGlobalError(m.group(1)) from None
+            name = m.group(1)  # torch names builtins without their module ("exec")
+            raise UnsafeGlobalError(name if "." in name else f"builtins.{name}") from None
         first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         raise PinitError(f"cannot unpickle: {first}") from None
     except PinitError:

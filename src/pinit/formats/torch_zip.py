@@ -14,6 +14,7 @@ subclasses) raise :class:`NeedsTorch`, and the caller loads the file with
 
 from __future__ import annotations
 
+import _compat_pickle
 import codecs
 import io
 import os
@@ -240,6 +241,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.allowed = allowed
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol-2 pickles (torch.save's default) name Python 2 modules such as
+        # ``__builtin__``; map them as pickle's own find_class does (fix_imports).
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         full = f"{module}.{name}"
         if full in _REBUILDERS:
             return _REBUILDERS[full]

@@ -1,0 +1,162 @@
+"""``pinit reinit``: rewrite chosen tensors with a torch.nn.init scheme and save."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from pinit.cli import options as opt
+from pinit.cli import output as out
+from pinit.cli.common import load_options
+from pinit.cli.errors import warn
+
+if TYPE_CHECKING:
+    from pinit.reinit import ReinitResult
+
+_SCHEME_PANEL = "Scheme options (mapped onto torch.nn.init arguments)"
+
+
+def reinit(
+    path: Annotated[str, typer.Argument(help="Checkpoint file, sharded folder or index file.", show_default=False)],
+    match: opt.Match = None,
+    exclude: opt.Exclude = None,
+    flagged: opt.Flagged = False,
+    scheme: Annotated[
+        str | None, typer.Option("--scheme", "-s", help="Scheme name (see 'pinit schemes'), e.g. kaiming_normal.")
+    ] = None,
+    plan: Annotated[
+        str | None, typer.Option("--plan", help="TOML file of [[rule]] tables (match, scheme, options).")
+    ] = None,
+    a: Annotated[
+        float | None,
+        typer.Option("--a", help="uniform/trunc_normal lower bound; kaiming slope.", rich_help_panel=_SCHEME_PANEL),
+    ] = None,
+    b: Annotated[
+        float | None, typer.Option("--b", help="uniform/trunc_normal upper bound.", rich_help_panel=_SCHEME_PANEL)
+    ] = None,
+    mean: Annotated[
+        float | None, typer.Option("--mean", help="normal/trunc_normal mean.", rich_help_panel=_SCHEME_PANEL)
+    ] = None,
+    std: Annotated[
+        float | None,
+        typer.Option("--std", help="normal/trunc_normal/sparse standard deviation.", rich_help_panel=_SCHEME_PANEL),
+    ] = None,
+    value: Annotated[
+        float | None, typer.Option("--value", help="constant value.", rich_help_panel=_SCHEME_PANEL)
+    ] = None,
+    gain: Annotated[
+        str | None,
+        typer.Option(
+            "--gain",
+            help="A number, or a nonlinearity name meaning calculate_gain(name).",
+            rich_help_panel=_SCHEME_PANEL,
+        ),
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="kaiming: fan_in or fan_out.", rich_help_panel=_SCHEME_PANEL)
+    ] = None,
+    nonlinearity: Annotated[
+        str | None,
+        typer.Option("--nonlinearity", help="kaiming: relu, leaky_relu, tanh, ...", rich_help_panel=_SCHEME_PANEL),
+    ] = None,
+    sparsity: Annotated[
+        float | None,
+        typer.Option("--sparsity", help="sparse: fraction of zeros per column.", rich_help_panel=_SCHEME_PANEL),
+    ] = None,
+    groups: Annotated[
+        int | None, typer.Option("--groups", help="dirac: number of groups.", rich_help_panel=_SCHEME_PANEL)
+    ] = None,
+    seed: opt.Seed = None,
+    out_path: Annotated[
+        str | None,
+        typer.Option("--out", "-o", help="Write here instead of in place; .safetensors → safetensors, else torch zip."),
+    ] = None,
+    backup: Annotated[bool, typer.Option("--backup", help="Keep the file being replaced as PATH.bak.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show statistics before and after; write nothing.")
+    ] = False,
+    no_provenance: Annotated[
+        bool, typer.Option("--no-provenance", help="Do not add the 'pinit' record to safetensors metadata.")
+    ] = False,
+    max_abs: opt.MaxAbs = 1e6,
+    fmt: Annotated[opt.JsonOrTable, typer.Option("--format", "-f", help="Report format.")] = opt.JsonOrTable.table,
+    unsafe_pickle: opt.UnsafePickle = False,
+    allow_global: opt.AllowGlobal = None,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Re-initialize the selected tensors with one torch.nn.init scheme and save (in place by default)."""
+    from pinit.reinit import reinit as run_reinit
+
+    given: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "a": a, "b": b, "mean": mean, "std": std, "value": value, "gain": gain, "mode": mode,
+            "nonlinearity": nonlinearity, "sparsity": sparsity, "groups": groups,
+        }.items()
+        if v is not None
+    }  # fmt: skip
+    result = run_reinit(
+        path,
+        match=match or (),
+        exclude=exclude or (),
+        scheme=scheme,
+        options=given,
+        plan=plan,
+        flagged=flagged,
+        seed=seed,
+        out=out_path,
+        backup=backup,
+        dry_run=dry_run,
+        provenance=not no_provenance,
+        max_abs=max_abs,
+        load_options=load_options(allow_global, unsafe_pickle),
+    )
+    if not quiet:
+        for w in result.warnings:
+            warn(w)
+    if result.seed_drawn:
+        print(f"seed: {result.seed} (drawn; rerun with --seed {result.seed} to reproduce)", file=sys.stderr)
+    if fmt is opt.JsonOrTable.json:
+        out.print_json(result.as_json())
+        return
+    _render(result)
+
+
+def _render(result: ReinitResult) -> None:
+    columns: list[out.Column] = [("name", "left"), ("scheme", "left"), ("options", "left")]
+    if result.dry_run:
+        columns += [
+            ("before mean", "right"),
+            ("before std", "right"),
+            ("after mean", "right"),
+            ("after std", "right"),
+            ("after min", "right"),
+            ("after max", "right"),
+        ]
+    rows = []
+    for c in result.changes:
+        applied = c.scheme if c.scheme == c.applied else f"{c.scheme} → {c.applied}"
+        opts = ", ".join(f"{k}={out.fmt_num(v) if isinstance(v, float) else v}" for k, v in c.options.items())
+        row: list[out.Cell] = [(c.name, None), (applied, None), (opts, None)]
+        if result.dry_run:
+            b, af = c.before, c.after
+            row += [
+                (out.fmt_num(b.mean if b else None), None),
+                (out.fmt_num(b.std if b else None), None),
+                (out.fmt_num(af.mean if af else None), None),
+                (out.fmt_num(af.std if af else None), None),
+                (out.fmt_num(af.min if af else None), None),
+                (out.fmt_num(af.max if af else None), None),
+            ]
+        rows.append(row)
+    title = f"{result.path}: {'dry run, nothing written' if result.dry_run else 're-initialized'} (seed {result.seed})"
+    out.render_table(columns, rows, title=title)
+    if result.dry_run:
+        print(f"{len(result.changes)} tensors would change; nothing was written")
+    else:
+        print(
+            f"{len(result.changes)} tensors re-initialized; wrote {', '.join(result.files_written)} ({result.format})"
+        )

@@ -1,0 +1,219 @@
+"""Write a checkpoint back with some tensors replaced, in safetensors or torch format.
+
+Preservation rules (SPEC section 5, reinit): unselected tensors are byte-identical;
+non-tensor content of torch checkpoints is kept; safetensors ``__metadata__`` is
+kept and gets a ``pinit`` provenance record; tied storage stays tied in torch
+output and becomes separate copies in safetensors output (with a warning); only
+the shards holding changed tensors are rewritten.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pinit.checkpoint import Checkpoint, LoadOptions
+from pinit.errors import PinitError
+from pinit.flags import tied_groups
+from pinit.flatten import flatten
+from pinit.writers import OutTensor, atomic_file, write_error, write_safetensors
+
+
+def output_format(ckpt: Checkpoint, out: str | os.PathLike[str] | None) -> str:
+    """'safetensors' or 'torch' for a single file; 'sharded' for a sharded checkpoint."""
+    if ckpt.format == "sharded":
+        return "sharded"
+    if out is None:
+        return ckpt.format
+    return "safetensors" if os.fspath(out).endswith(".safetensors") else "torch"
+
+
+def write_checkpoint(
+    ckpt: Checkpoint,
+    values: Mapping[str, np.ndarray],
+    *,
+    out: str | os.PathLike[str] | None,
+    backup: bool,
+    provenance: str | None,
+    load_options: LoadOptions,
+) -> tuple[list[str], str, list[str]]:
+    """Write ``ckpt`` with the tensors in ``values`` (raw bytes) replaced.
+
+    Returns the files written, the output format and warnings.
+    """
+    warnings: list[str] = []
+    fmt = output_format(ckpt, out)
+    if fmt == "sharded":
+        return _write_sharded(ckpt, values, out, backup, provenance, load_options, warnings), fmt, warnings
+    target = os.fspath(out) if out is not None else ckpt.path
+    _write_file(ckpt, values, target, fmt, backup, provenance, load_options, warnings)
+    return [target], fmt, warnings
+
+
+def _write_file(
+    ckpt: Checkpoint,
+    values: Mapping[str, np.ndarray],
+    target: str,
+    fmt: str,
+    backup: bool,
+    provenance: str | None,
+    load_options: LoadOptions,
+    warnings: list[str],
+) -> None:
+    if Path(target).is_dir():
+        raise PinitError("output path is a folder; name a file", target)
+    if fmt == "safetensors":
+        _write_as_safetensors(ckpt, values, target, backup, provenance, warnings)
+    else:
+        _write_as_torch(ckpt, values, target, backup, load_options, warnings)
+
+
+def _write_as_safetensors(
+    ckpt: Checkpoint,
+    values: Mapping[str, np.ndarray],
+    target: str,
+    backup: bool,
+    provenance: str | None,
+    warnings: list[str],
+) -> None:
+    if ckpt.format == "torch":
+        for group in tied_groups(ckpt.tensors):
+            warnings.append(f"tied tensors {', '.join(group)} become separate copies in safetensors")
+        dropped = non_tensor_names(ckpt)
+        if dropped:
+            shown = ", ".join(dropped[:8]) + (f" and {len(dropped) - 8} more" if len(dropped) > 8 else "")
+            warnings.append(f"safetensors holds tensors only; dropped non-tensor content: {shown}")
+    metadata = dict(ckpt.metadata) if ckpt.metadata else None
+    if provenance is not None:
+        metadata = metadata or {}
+        metadata.setdefault("format", "pt")
+        metadata["pinit"] = provenance
+    tensors = [OutTensor(e.name, e.dtype, e.shape, data=values.get(e.name), source=e) for e in ckpt.tensors]
+    with atomic_file(target, backup) as fd:
+        write_safetensors(fd, tensors, metadata)
+
+
+def non_tensor_names(ckpt: Checkpoint) -> list[str]:
+    """Flat names of the non-tensor content of a torch checkpoint's object tree.
+
+    A container holding no tensor at all is named once, as a whole.
+    """
+    if ckpt.tree is None:
+        return []
+    tensor_names = {e.name for e in ckpt.tensors}
+    names: list[str] = []
+
+    def holds_tensor(prefix: str) -> bool:
+        return any(n == prefix or n.startswith(prefix + ".") for n in tensor_names) if prefix else bool(tensor_names)
+
+    def walk(node: Any, prefix: str) -> None:
+        if prefix in tensor_names:
+            return
+        if prefix and not holds_tensor(prefix):
+            names.append(prefix)
+            return
+        if isinstance(node, Mapping):
+            items: Any = node.items()
+        elif isinstance(node, (list, tuple)):
+            items = enumerate(node)
+        else:
+            return
+        for k, v in items:
+            walk(v, f"{prefix}.{k}" if prefix else str(k))
+
+    walk(ckpt.tree, "")
+    return names
+
+
+def _write_as_torch(
+    ckpt: Checkpoint,
+    values: Mapping[str, np.ndarray],
+    target: str,
+    backup: bool,
+    load_options: LoadOptions,
+    warnings: list[str],
+) -> None:
+    import torch
+
+    from pinit.formats import torch_load
+
+    if ckpt.format == "torch":
+        obj = torch_load.torch_load(ckpt.path, load_options.allowed, load_options.unsafe_pickle, mmap=not ckpt.legacy)
+        tensors = {leaf.name: leaf.value for leaf in flatten(obj, torch_load.is_torch_tensor)}
+    else:
+        if ckpt.metadata:
+            warnings.append("torch files have no metadata: the safetensors __metadata__ is dropped")
+        obj = {}
+        for e in ckpt.tensors:
+            raw = np.array(e.read_bytes()) if e.name not in values else values[e.name]
+            obj[e.name] = _to_torch(raw, e.dtype, e.shape)
+        tensors = obj
+    with torch.no_grad():
+        for name, raw in values.items():
+            t = tensors[name]
+            if ckpt.format == "torch":
+                t.copy_(_to_torch(raw, str(t.dtype).removeprefix("torch."), tuple(t.shape)))
+    with atomic_file(target, backup) as fd, os.fdopen(os.dup(fd), "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+
+
+def _to_torch(raw: np.ndarray, dtype: str, shape: tuple[int, ...]) -> Any:
+    import torch
+
+    buf = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True))
+    return buf.view(getattr(torch, dtype)).reshape(shape)
+
+
+def _write_sharded(
+    ckpt: Checkpoint,
+    values: Mapping[str, np.ndarray],
+    out: str | os.PathLike[str] | None,
+    backup: bool,
+    provenance: str | None,
+    load_options: LoadOptions,
+    warnings: list[str],
+) -> list[str]:
+    index_path = Path(ckpt.path)
+    src_dir = index_path.parent.resolve()
+    dst_dir = Path(out).resolve() if out is not None else src_dir
+    in_place = dst_dir == src_dir
+    if not in_place:
+        if dst_dir.exists() and (not dst_dir.is_dir() or any(dst_dir.iterdir())):
+            raise PinitError("--out of a sharded checkpoint must be a new or empty folder", os.fspath(out))
+        try:
+            dst_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(dst_dir, e) from None
+    written = []
+    for shard in ckpt.shards:
+        name = (
+            Path(shard.path).relative_to(src_dir) if Path(shard.path).is_relative_to(src_dir) else Path(shard.path).name
+        )
+        target = dst_dir / name
+        changed = {e.name: values[e.name] for e in shard.tensors if e.name in values}
+        if changed:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_file(shard, changed, str(target), shard.format, backup, provenance, load_options, warnings)
+            written.append(str(target))
+        elif not in_place:
+            _copy_file(Path(shard.path), target)
+            written.append(str(target))
+    if not in_place:
+        _copy_file(index_path, dst_dir / index_path.name)
+        written.append(str(dst_dir / index_path.name))
+    return written
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_file(dst) as fd, open(src, "rb") as f, os.fdopen(os.dup(fd), "wb") as w:
+            shutil.copyfileobj(f, w, 16 << 20)
+    except OSError as e:
+        raise write_error(dst, e) from None

@@ -1,0 +1,261 @@
+"""The initialization schemes of ``reinit``, described without importing torch.
+
+Each scheme is ``torch.nn.init.<name>_``; its options map one to one onto
+torch's arguments.  ``default`` is PyTorch's own default for the layer a tensor
+belongs to, inferred from its name, shape and siblings (see :mod:`pinit.defaults`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pinit.errors import PinitError
+
+REQUIRED = object()
+
+NONLINEARITIES = (
+    "linear",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "sigmoid",
+    "tanh",
+    "relu",
+    "leaky_relu",
+    "selu",
+)
+
+# CLI / plan option name -> torch argument name
+OPTION_ARG = {
+    "a": "a",
+    "b": "b",
+    "mean": "mean",
+    "std": "std",
+    "value": "val",
+    "gain": "gain",
+    "mode": "mode",
+    "nonlinearity": "nonlinearity",
+    "sparsity": "sparsity",
+    "groups": "groups",
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # the CLI spelling without dashes (plan files use it too)
+    kind: str  # "float", "int", "gain", "mode", "nonlinearity"
+    default: Any = REQUIRED
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def describe(self) -> str:
+        return f"{self.name} (required)" if self.required else f"{self.name}={self.default}"
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    options: tuple[Option, ...]
+    min_ndim: int
+    max_ndim: int | None
+    random: bool
+    summary: str
+
+    @property
+    def shapes(self) -> str:
+        if self.max_ndim is None:
+            return "any shape" if self.min_ndim == 0 else f"{self.min_ndim}-D or more"
+        if self.min_ndim == self.max_ndim:
+            return f"{self.min_ndim}-D only"
+        return f"{self.min_ndim}-D to {self.max_ndim}-D"
+
+    def accepts(self, shape: tuple[int, ...]) -> bool:
+        n = len(shape)
+        return n >= self.min_ndim and (self.max_ndim is None or n <= self.max_ndim)
+
+    @property
+    def torch_function(self) -> str:
+        return f"torch.nn.init.{self.name}_"
+
+
+def _o(name: str, kind: str, default: Any = REQUIRED) -> Option:
+    return Option(name, kind, default)
+
+
+_KAIMING = (_o("a", "float", 0.0), _o("mode", "mode", "fan_in"), _o("nonlinearity", "nonlinearity", "leaky_relu"))
+
+SCHEMES: dict[str, Scheme] = {
+    s.name: s
+    for s in [
+        Scheme("uniform", (_o("a", "float", 0.0), _o("b", "float", 1.0)), 0, None, True, "U(a, b)"),
+        Scheme("normal", (_o("mean", "float", 0.0), _o("std", "float", 1.0)), 0, None, True, "N(mean, std²)"),
+        Scheme(
+            "trunc_normal",
+            (_o("mean", "float", 0.0), _o("std", "float", 1.0), _o("a", "float", -2.0), _o("b", "float", 2.0)),
+            0,
+            None,
+            True,
+            "N(mean, std²) redrawn outside [a, b]",
+        ),
+        Scheme("constant", (_o("value", "float"),), 0, None, False, "every element = value"),
+        Scheme("ones", (), 0, None, False, "every element = 1"),
+        Scheme("zeros", (), 0, None, False, "every element = 0"),
+        Scheme("eye", (), 2, 2, False, "identity matrix (ones on the diagonal)"),
+        Scheme("dirac", (_o("groups", "int", 1),), 3, 5, False, "Dirac delta: a convolution that keeps its input"),
+        Scheme(
+            "xavier_uniform",
+            (_o("gain", "gain", 1.0),),
+            2,
+            None,
+            True,
+            "U(-b, b), b = gain·√(6/(fan_in+fan_out)) (Glorot)",
+        ),
+        Scheme("xavier_normal", (_o("gain", "gain", 1.0),), 2, None, True, "N(0, σ²), σ = gain·√(2/(fan_in+fan_out))"),
+        Scheme("kaiming_uniform", _KAIMING, 2, None, True, "U(-b, b), b = gain·√(3/fan_mode) (He)"),
+        Scheme("kaiming_normal", _KAIMING, 2, None, True, "N(0, σ²), σ = gain/√fan_mode (He)"),
+        Scheme("orthogonal", (_o("gain", "gain", 1.0),), 2, None, True, "(semi-)orthogonal matrix times gain"),
+        Scheme(
+            "sparse",
+            (_o("sparsity", "float"), _o("std", "float", 0.01)),
+            2,
+            2,
+            True,
+            "N(0, std²) with a fraction `sparsity` of each column zeroed",
+        ),
+        Scheme("default", (), 0, None, True, "PyTorch's own default for the layer, inferred from name and shape"),
+    ]
+}
+
+DEFAULT_RULES: tuple[tuple[str, str], ...] = (
+    ("*.running_mean", "zeros (BatchNorm running mean)"),
+    ("*.running_var", "ones (BatchNorm running variance)"),
+    ("*.weight, 1-D", "ones (norm layer: BatchNorm, LayerNorm, GroupNorm, RMSNorm)"),
+    ("*.bias whose sibling weight is 1-D or absent", "zeros (norm layer bias)"),
+    ("*.bias whose sibling weight is ≥ 2-D", "uniform(-1/√fan_in, 1/√fan_in), fan_in of that weight (Linear/Conv)"),
+    ("*.weight, 2-D, name has 'embed', 'wte', 'wpe' or 'embedding'", "normal(0, 1) (nn.Embedding)"),
+    ("*.weight (or any other tensor), ≥ 2-D", "kaiming_uniform(a=√5) (nn.Linear, nn.Conv*)"),
+    ("anything else (1-D or 0-D without a rule)", "an error: choose a scheme"),
+)
+
+
+def canonical_name(name: str) -> str:
+    """``kaiming_normal_`` and ``kaiming_normal`` are the same scheme."""
+    key = name.strip().removeprefix("torch.nn.init.").removesuffix("_")
+    if key not in SCHEMES:
+        raise PinitError(f"unknown scheme '{name}' (see 'pinit schemes')")
+    return key
+
+
+def parse_gain(value: Any) -> float:
+    """A number, or a nonlinearity name (``relu``, ``leaky_relu:0.2``) meaning calculate_gain(name)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    name, _, param = text.partition(":")
+    return calculate_gain(name, float(param) if param else None)
+
+
+def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
+    """The same numbers as ``torch.nn.init.calculate_gain`` (kept here so validation needs no torch)."""
+    if nonlinearity not in NONLINEARITIES:
+        raise PinitError(f"unknown nonlinearity '{nonlinearity}' (one of {', '.join(NONLINEARITIES)})")
+    if nonlinearity in ("linear", "sigmoid") or nonlinearity.startswith("conv"):
+        return 1.0
+    if nonlinearity == "tanh":
+        return 5.0 / 3
+    if nonlinearity == "relu":
+        return math.sqrt(2.0)
+    if nonlinearity == "leaky_relu":
+        slope = 0.01 if param is None else param
+        return math.sqrt(2.0 / (1 + slope**2))
+    return 3.0 / 4  # selu
+
+
+def resolve_options(scheme: str, given: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Validate options for ``scheme`` and return torch keyword arguments.
+
+    ``given`` maps option names (CLI spelling, no dashes) to values; an option
+    the scheme does not take, or a missing required one, is an error naming it.
+    """
+    spec = SCHEMES[scheme]
+    known = {o.name: o for o in spec.options}
+    ctx = f" ({where})" if where else ""
+    for name in given:
+        if name not in known:
+            takes = ", ".join(f"--{o.name}" for o in spec.options) or "no options"
+            raise PinitError(f"scheme '{scheme}' does not take --{name}{ctx}; it takes {takes}")
+    out: dict[str, Any] = {}
+    for opt in spec.options:
+        if opt.name in given:
+            out[OPTION_ARG[opt.name]] = _convert(opt, given[opt.name], scheme, ctx)
+        elif opt.required:
+            raise PinitError(f"scheme '{scheme}' needs --{opt.name}{ctx}")
+        else:
+            out[OPTION_ARG[opt.name]] = opt.default
+    return out
+
+
+def _convert(opt: Option, value: Any, scheme: str, ctx: str) -> Any:
+    try:
+        if opt.kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            v = float(value)
+            if not math.isfinite(v):
+                raise ValueError
+            if opt.name == "sparsity" and not 0.0 <= v <= 1.0:
+                raise PinitError(f"--sparsity must be between 0 and 1, not {value}{ctx}")
+            if opt.name == "std" and v < 0:
+                raise PinitError(f"--std must not be negative, not {value}{ctx}")
+            return v
+        if opt.kind == "int":
+            if isinstance(value, bool) or float(value) != int(float(value)) or int(float(value)) < 1:
+                raise ValueError
+            return int(float(value))
+        if opt.kind == "gain":
+            return parse_gain(value)
+        if opt.kind == "mode":
+            if value not in ("fan_in", "fan_out"):
+                raise PinitError(f"--mode must be fan_in or fan_out, not '{value}'{ctx}")
+            return value
+        if opt.kind == "nonlinearity":
+            if value not in NONLINEARITIES:
+                raise PinitError(f"--nonlinearity must be one of {', '.join(NONLINEARITIES)}, not '{value}'{ctx}")
+            return value
+    except (ValueError, TypeError):
+        pass
+    raise PinitError(f"invalid value {value!r} for --{opt.name} of scheme '{scheme}'{ctx}")
+
+
+def schemes_json() -> list[dict[str, Any]]:
+    """What ``pinit schemes --format json`` prints."""
+    out = []
+    for s in SCHEMES.values():
+        doc: dict[str, Any] = {
+            "name": s.name,
+            "torch": s.torch_function if s.name != "default" else None,
+            "options": [
+                {"name": o.name, "required": o.required, "default": None if o.required else o.default}
+                for o in s.options
+            ],
+            "shapes": s.shapes,
+            "min_ndim": s.min_ndim,
+            "max_ndim": s.max_ndim,
+            "random": s.random,
+            "description": s.summary,
+        }
+        if s.name == "default":
+            doc["rules"] = [{"tensor": t, "init": i} for t, i in DEFAULT_RULES]
+        out.append(doc)
+    return out
