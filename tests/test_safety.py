@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import assert_one_error_line, run_cli
-from pinit_test_objects import Hyper, Point
 
+from conftest import assert_one_error_line, run_cli
 from pinit.checkpoint import LoadOptions, open_checkpoint
 from pinit.errors import UnsafeGlobalError
+from pinit_test_objects import Hyper, Point
 
 FORMATS = ["zip", "legacy"]
 
@@ -68,7 +68,7 @@ def test_payload_really_runs_code_when_fully_unpickled(tmp_path: Path, payload: 
 def test_code_running_pickle_is_refused(tmp_path: Path, fmt: str, payload: str) -> None:
     cls, global_name = PAYLOADS[payload]
     marker = tmp_path / "MARKER"
-    path = save({"w": torch.ones(2), "evil": cls(marker)}, tmp_path / "evil.pt", fmt)
+    path = save({"evil": cls(marker), "w": torch.ones(2)}, tmp_path / "evil.pt", fmt)
     before = sorted(os.listdir(tmp_path))
 
     r = run_cli("inspect", path)
@@ -96,7 +96,7 @@ def test_code_running_pickle_is_refused(tmp_path: Path, fmt: str, payload: str) 
 def test_allowing_os_system_still_runs_nothing(tmp_path: Path, fmt: str) -> None:
     """--allow-global admits a name as data; pinit's own reader never calls it, torch blocks os."""
     marker = tmp_path / "MARKER"
-    path = save({"w": torch.ones(2), "evil": RunsShell(marker)}, tmp_path / "evil.pt", fmt)
+    path = save({"evil": RunsShell(marker), "w": torch.ones(2)}, tmp_path / "evil.pt", fmt)
     r = run_cli("inspect", path, "--allow-global", "posix.system", "--no-stats")
     assert r.exit_code in (0, 2), r.stderr
     assert "Traceback" not in r.stderr
@@ -141,7 +141,10 @@ def test_plain_containers_of_torch_save_load(tmp_path: Path, fmt: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize(("value", "global_name"), [(Hyper(0.1, "run"), "pinit_test_objects.Hyper"), (Point(1, 2), "pinit_test_objects.Point")])
+@pytest.mark.parametrize(
+    ("value", "global_name"),
+    [(Hyper(0.1, "run"), "pinit_test_objects.Hyper"), (Point(1, 2), "pinit_test_objects.Point")],
+)
 def test_unlisted_harmless_class_needs_allow_global(tmp_path: Path, fmt: str, value: Any, global_name: str) -> None:
     path = save({"w": torch.arange(3.0), "hp": value}, tmp_path / "custom.pt", fmt)
 
