@@ -237,12 +237,28 @@ def new_values(shape: Sequence[int], dtype: str, scheme: str, kwargs: dict[str, 
     work_dtype = torch.float64 if dtype == "float64" else torch.float32
     t = torch.empty(tuple(shape), dtype=work_dtype)
     fn = getattr(torch.nn.init, f"{scheme}_")
-    if SCHEMES[scheme].random:
+    if scheme == "sparse":
+        _sparse_(t, **kwargs, generator=torch.Generator().manual_seed(seed))
+    elif SCHEMES[scheme].random:
         g = torch.Generator().manual_seed(seed)
         fn(t, **kwargs, generator=g)
     else:
         fn(t, **kwargs)
     return t.to(getattr(torch, dtype))
+
+
+def _sparse_(t: torch.Tensor, sparsity: float, std: float, generator: torch.Generator) -> None:
+    """``torch.nn.init.sparse_`` with every draw from ``generator``: torch's own draws the zero
+    positions with ``torch.randperm`` from the global RNG, ignoring ``generator``, so they would
+    not follow ``--seed`` (and would disturb the caller's global RNG)."""
+    import torch
+
+    rows, cols = t.shape
+    num_zeros = math.ceil(sparsity * rows)
+    with torch.no_grad():
+        t.normal_(0, std, generator=generator)
+        for col_idx in range(cols):
+            t[torch.randperm(rows, generator=generator)[:num_zeros], col_idx] = 0
 
 
 def tensor_bytes(t: torch.Tensor) -> np.ndarray:

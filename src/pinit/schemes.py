@@ -102,7 +102,7 @@ SCHEMES: dict[str, Scheme] = {
             0,
             None,
             True,
-            "N(mean, std²) redrawn outside [a, b]",
+            "N(mean, std²) truncated to [a, b]",
         ),
         Scheme("constant", (_o("value", "float"),), 0, None, False, "every element = value"),
         Scheme("ones", (), 0, None, False, "every element = 1"),
@@ -129,7 +129,14 @@ SCHEMES: dict[str, Scheme] = {
             True,
             "N(0, std²) with a fraction `sparsity` of each column zeroed",
         ),
-        Scheme("default", (), 0, None, True, "PyTorch's own default for the layer, inferred from name and shape"),
+        Scheme(
+            "default",
+            (),
+            0,
+            None,
+            True,
+            "PyTorch's own default for the layer, inferred from name and shape (rules below)",
+        ),
     ]
 }
 
