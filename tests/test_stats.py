@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from conftest import run_cli
 from pinit import open_checkpoint
 from pinit.stats import compute_stats
 from pinit.storage import CHUNK_BYTES
@@ -36,6 +36,7 @@ HYP = settings(
     max_examples=50,
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -343,6 +344,28 @@ def test_float64_extreme_magnitudes(tmp_path):
     assert r.exit_code == 0, r.stderr
     stats = r.json()["tensors"][0]["stats"]
     assert math.isfinite(stats["std"]) and math.isfinite(stats["mean"])
+
+
+@pytest.mark.parametrize("huge_first", [False, True])
+def test_float64_huge_values_after_many_small_chunks(tmp_path, huge_first):
+    """Accumulated state from moderate chunks is carried over when a chunk near 1e308 arrives."""
+    rng = np.random.default_rng(12)
+    small = rng.standard_normal(4000) * 1e3 + 7.0
+    huge = rng.choice([-1.0, 1.0], size=40) * 10.0 ** rng.uniform(290, 307, size=40)
+    vals = np.concatenate([huge, small] if huge_first else [small, huge])
+    t = torch.from_numpy(vals).reshape(-1, 10)
+    k = 2.0**-700  # exact scaling for the reference; the small values stay normal numbers
+    ref_mean = float((vals * k).mean()) / k
+    ref_std = float((vals * k).std(ddof=1)) / k
+    got = core_stats(write({"g": t}, tmp_path, "pt"), "g", chunk_bytes=512)
+    scale = max(abs(ref_mean), ref_std)
+    assert_close(got.mean, ref_mean, scale, "mean")
+    assert_close(got.std, ref_std, scale, "std")
+    assert got.max == vals.max() and got.min == vals.min()
+    # the moderate values alone are still summarised exactly when nothing huge is present
+    got_small = core_stats(write({"s": torch.from_numpy(small)}, tmp_path, "pt"), "s", chunk_bytes=512)
+    assert_close(got_small.mean, float(small.mean()), float(small.std(ddof=1)), "small mean")
+    assert_close(got_small.std, float(small.std(ddof=1)), float(small.std(ddof=1)), "small std")
 
 
 # ---------------------------------------------------------------- integer and bool tensors

@@ -231,13 +231,17 @@ def histogram(entry: TensorEntry, stats: Stats, bins: int = 16) -> list[int] | N
     if not entry.dt.is_float or stats.min is None or stats.max is None:
         return None
     lo, hi = float(stats.min), float(stats.max)
-    if lo == hi:
-        hi = lo + 1.0
+    # Bins computed by hand on halved values: np.histogram refuses ranges that overflow
+    # (float64 near 1e308) or are too narrow for 16 distinct edges (a constant 1e20).
+    width = hi / 2 - lo / 2
     counts = np.zeros(bins, dtype=np.int64)
     dt = entry.dt
     for raw in entry.iter_bytes():
         x = dtypes.decode_float(raw, dt.name)
-        x = x[np.isfinite(x)]
-        c, _ = np.histogram(x, bins=bins, range=(lo, hi))
-        counts += c
+        x = x[np.isfinite(x)].astype(np.float64)
+        if width > 0:
+            idx = np.clip(((x / 2 - lo / 2) / width * bins).astype(np.int64), 0, bins - 1)
+        else:
+            idx = np.zeros(x.size, dtype=np.int64)
+        counts += np.bincount(idx, minlength=bins)
     return [int(c) for c in counts]
