@@ -589,3 +589,27 @@ def test_flatten_property(tree: Any) -> None:
     assert len({leaf.name for leaf in got}) == len(got)
     for leaf in got:
         assert get_path(tree, leaf.path) is leaf.value
+
+
+def test_safetensors_header_length_with_pickle_proto_low_byte(tmp_path):
+    """A header length whose first byte is 0x80 (pickle's PROTO opcode) is still safetensors."""
+    import json
+    import struct
+
+    import numpy as np
+
+    from pinit.checkpoint import open_checkpoint
+
+    data = np.arange(4, dtype="<f4").tobytes()
+    header = {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (0x180 - len(raw))  # length 0x180: first byte 0x80
+    f = tmp_path / "m.safetensors"
+    f.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    assert f.read_bytes()[0] == 0x80
+    with open_checkpoint(f) as ckpt:
+        assert ckpt.format == "safetensors"
+        assert not ckpt.loaded_by_torch
+    r = run_cli("inspect", f, "--format", "json", "--values", "4")
+    assert r.exit_code == 0, r.stderr
+    assert r.json()["tensors"][0]["values"] == [0.0, 1.0, 2.0, 3.0]

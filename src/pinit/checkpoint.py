@@ -120,14 +120,15 @@ def _open_file(path: str, options: LoadOptions) -> Checkpoint:
         head = os.pread(fd, 16, 0)
         if size == 0:
             raise PinitError("empty file", path)
+        # safetensors before pickle: a header length whose low byte is 0x80 looks like PROTO
         if head.startswith(ZIP_MAGIC):
             ckpt = _open_torch_zip(path, fd, options)
-        elif head[0] == PICKLE_PROTO:
-            ckpt = _open_with_torch(path, options, mmap=False)
-            ckpt.legacy = True
         elif st.looks_like_safetensors(head, size):
             header = st.read_header(fd, size)
             ckpt = Checkpoint(path, "safetensors", st.entries(header, fd, path), metadata=header.metadata)
+        elif head[0] == PICKLE_PROTO:
+            ckpt = _open_with_torch(path, options, mmap=False)
+            ckpt.legacy = True
         else:
             raise PinitError("not a checkpoint (neither safetensors, torch zip nor torch pickle)", path)
     except PinitError as e:

@@ -159,13 +159,33 @@ def _write_as_torch(
             if ckpt.format == "torch":
                 t.copy_(_to_torch(raw, str(t.dtype).removeprefix("torch."), tuple(t.shape)))
     with atomic_file(target, backup) as fd, os.fdopen(os.dup(fd), "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:
+            # torch's zip writer turns a failed f.write (disk full, file-size limit) into an
+            # opaque RuntimeError ("unexpected pos ..."); surface the OSError so atomic_file
+            # reports "cannot write: <reason>" for the target.
+            cause = _os_error_in(e)
+            if cause is not None:
+                raise cause from None
+            raise
         f.flush()
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    seen: BaseException | None = e.__cause__ or e.__context__
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _to_torch(raw: np.ndarray, dtype: str, shape: tuple[int, ...]) -> Any:
     import torch
 
+    if raw.size == 0:  # torch.from_numpy gives an empty array stride 0, which .view(dtype) refuses
+        return torch.empty(shape, dtype=getattr(torch, dtype))
     buf = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True))
     return buf.view(getattr(torch, dtype)).reshape(shape)
 

@@ -10,6 +10,7 @@ and abs_max cover the finite values only.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,9 @@ import numpy as np
 from pinit import dtypes
 from pinit.storage import CHUNK_BYTES, TensorEntry
 
+# float32 chunks whose magnitudes stay below this are reduced in float32: their squares,
+# summed over a chunk, cannot overflow (2^50 squared times 2^20 elements < float32's max).
+_F32_FAST_LIMIT = 2.0**50
 _BIG = 2.0**400  # largest magnitude accumulated unscaled: squares times counts stay far below float64's max
 
 
@@ -52,6 +56,18 @@ class Stats:
         return (self.numel, self.mean, self.std, self.min, self.max, self.zeros, self.nan, self.inf, self.total)
 
 
+_local = threading.local()
+
+
+def scratch(name: str, n: int, dtype: type) -> np.ndarray:
+    """A per-thread reusable buffer of at least ``n`` elements (fresh pages cost page faults)."""
+    pool: dict[str, np.ndarray] = _local.__dict__.setdefault("pool", {})
+    buf = pool.get(name)
+    if buf is None or buf.size < n or buf.dtype != dtype:
+        buf = pool[name] = np.empty(max(n, 1), dtype=dtype)
+    return buf[:n]
+
+
 class _FloatAccumulator:
     """Running totals over float chunks (Chan et al. merge of count, mean, M2)."""
 
@@ -69,54 +85,96 @@ class _FloatAccumulator:
         self.inf = 0
         self.subnormal = 0
         self.huge = 0
-        self.work: np.ndarray | None = None
+        # tiny² in float32: 0 for float32/bfloat16 (squares below ~4e-23 flush to 0 as well)
+        self.tiny_sq = float(np.float32(tiny) * np.float32(tiny))
         # mean and m2 are kept in units of 1/scale, a power of two below 1 once float64 values
         # beyond _BIG arrive (garbage near 1e308 would otherwise overflow sums and squares)
         self.scale = 1.0
 
     def _scratch(self, n: int) -> np.ndarray:
-        if self.work is None or self.work.size < n:
-            self.work = np.empty(n, dtype=np.float64)
-        return self.work[:n]
+        return scratch("work", n, np.float64)
+
+    def _squares(self, n: int) -> np.ndarray:
+        return scratch("squares", n, np.float32)
 
     def add(self, x: np.ndarray) -> None:
         """Merge a chunk of float32/float64 values (x is not modified)."""
-        n_all = x.size
-        if n_all == 0:
+        n = x.size
+        if n == 0:
             return
-        self.zeros += n_all - int(np.count_nonzero(x))
-        work = self._scratch(n_all)
-        np.copyto(work, x, casting="safe")
-        s = float(np.add.reduce(work))
-        if not math.isfinite(s):
-            finite = np.isfinite(work)
+        lo, hi = float(x.min()), float(x.max())  # NaN propagates into both
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            finite = np.isfinite(x)
             n_fin = int(np.count_nonzero(finite))
-            n_nan = int(np.count_nonzero(np.isnan(work)))
+            n_nan = int(np.count_nonzero(np.isnan(x)))
             self.nan += n_nan
-            self.inf += n_all - n_fin - n_nan
+            self.inf += n - n_fin - n_nan
             if n_fin == 0:
                 return
-            work = work[finite]
-            s = float(np.add.reduce(work))
-        n = work.size
-        lo = float(work.min())
-        hi = float(work.max())
+            x = x[finite]
+            n = n_fin
+            lo, hi = float(x.min()), float(x.max())
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)
+        big = max(-lo, hi)
+        if x.dtype == np.float32 and big < _F32_FAST_LIMIT:
+            self._add_f32(x, lo, hi, big)
+        else:
+            self._add_wide(x, big)
+
+    def _add_f32(self, x: np.ndarray, lo: float, hi: float, big: float) -> None:
+        """The fast path for float32 chunks of moderate magnitude: six passes over the chunk,
+        in float32 (pairwise sums, so the error stays near one rounding), merged in float64."""
+        n = x.size
+        sq = np.square(x, out=self._squares(n))
+        if float(sq.min()) <= self.tiny_sq:  # maybe a zero or subnormal: count them exactly
+            zeros = n - int(np.count_nonzero(x))
+            self.zeros += zeros
+            if self.tiny:
+                self.subnormal += int(np.count_nonzero(np.abs(x) < self.tiny)) - zeros
+        if big > self.max_abs:
+            self.huge += int(np.count_nonzero(np.abs(x) > self.max_abs))
+        s = float(np.add.reduce(x))
+        if lo == hi:
+            self._merge(n, lo * self.scale, 0.0, s)
+            return
+        mean = s / n
+        m2 = float(np.add.reduce(sq)) - s * mean
+        if mean * mean * (n - 1) > 0.25 * max(m2, 0.0):
+            # The mean is large against the spread: sums of squares would cancel. Shift by the
+            # mean first (once more if that shift was itself too rough).
+            for _ in range(2):
+                d = np.subtract(x, np.float32(mean), out=self._squares(n))
+                s1 = float(np.add.reduce(d))
+                np.square(d, out=d)
+                m2 = float(np.add.reduce(d)) - s1 * s1 / n
+                mean = float(np.float32(mean)) + s1 / n
+                if (s1 / n) ** 2 * (n - 1) <= 1e-3 * max(m2, 0.0):
+                    break
+        # the running totals may be in scaled units (after huge float64 values): convert
+        self._merge(n, mean * self.scale, max(m2, 0.0) * self.scale * self.scale, s)
+
+    def _add_wide(self, x: np.ndarray, big: float) -> None:
+        """Float64 chunks, and float32 chunks holding huge magnitudes (uninitialized garbage)."""
+        n = x.size
+        work = self._scratch(n)
+        np.copyto(work, x, casting="safe")
         absw = np.abs(work)
+        zeros = n - int(np.count_nonzero(work))
+        self.zeros += zeros
         if self.tiny:
-            self.subnormal += int(np.count_nonzero(absw < self.tiny)) - int(n - np.count_nonzero(work))
-        if max(-lo, hi) > self.max_abs:
+            self.subnormal += int(np.count_nonzero(absw < self.tiny)) - zeros
+        if big > self.max_abs:
             self.huge += int(np.count_nonzero(absw > self.max_abs))
-        total = s
-        if max(-lo, hi) * self.scale > _BIG:
-            self._rescale(2.0 ** math.floor(math.log2(_BIG / max(-lo, hi))))
+        if big * self.scale > _BIG:
+            self._rescale(2.0 ** math.floor(math.log2(_BIG / big)))
+        total = float(np.add.reduce(work))  # a fingerprint only: inf for garbage near 1e308 is fine
         if self.scale != 1.0:
             np.multiply(work, self.scale, out=work)
-            s = float(np.add.reduce(work))
-        mean = s / n
+        mean = float(np.add.reduce(work)) / n
         np.subtract(work, mean, out=work)
-        m2 = float(np.dot(work, work))
+        np.square(work, out=work)
+        m2 = float(np.add.reduce(work))
         self._merge(n, mean, m2, total)
 
     def _rescale(self, scale: float) -> None:
@@ -181,20 +239,17 @@ def compute_stats(entry: TensorEntry, max_abs: float = 1e6, chunk_bytes: int = C
         return None
     if dt.kind == "float":
         acc = _FloatAccumulator(dt.tiny, max_abs)
-        decoded: np.ndarray | None = None
-        for raw in entry.iter_bytes(chunk_bytes):
+        for raw in entry.iter_bytes(chunk_bytes, buf=scratch("read", chunk_bytes, np.uint8)):
             if dt.name in ("float32", "float64"):
                 acc.add(dtypes.decode_float(raw, dt.name))
             else:
                 n = raw.size // dt.itemsize
-                if decoded is None or decoded.size < n:
-                    decoded = np.empty(n, dtype=np.float32)
-                acc.add(dtypes.decode_float(raw, dt.name, out=decoded))
+                acc.add(dtypes.decode_float(raw, dt.name, out=scratch("decoded", n, np.float32)))
         return acc.result(numel)
     npdt = dtypes.numpy_dtype(dt.name)
     assert npdt is not None
     iacc = _IntAccumulator()
-    for raw in entry.iter_bytes(chunk_bytes):
+    for raw in entry.iter_bytes(chunk_bytes, buf=scratch("read", chunk_bytes, np.uint8)):
         iacc.add(raw.view(npdt))
     return iacc.result(numel)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from pinit import __version__
-from pinit.cli import inspect_cmd, options, reinit_cmd, schemes_cmd
+from pinit.cli import check_cmd, diff_cmd, inspect_cmd, options, reinit_cmd, schemes_cmd
 from pinit.cli.errors import PinitGroup
 
 app = typer.Typer(
@@ -39,6 +39,8 @@ def main_options(
 
 app.command("inspect")(inspect_cmd.inspect)
 app.command("reinit")(reinit_cmd.reinit)
+app.command("check")(check_cmd.check)
+app.command("diff")(diff_cmd.diff)
 app.command("schemes")(schemes_cmd.schemes)
 
 

@@ -1,0 +1,344 @@
+"""pinit benchmarks: each case side by side with a naive baseline, measured in the same run.
+
+    python benchmarks/bench.py            # ~2 GB fp32 and ~1 GB bf16 checkpoints (needs ~7 GB of disk)
+    python benchmarks/bench.py --small    # ~200 MB / ~100 MB, a quick run
+
+Synthetic checkpoints are generated once under benchmarks/data/ (git-ignored). Every
+measurement is a separate process, run `--repeats` times, interleaved with its baseline,
+and the median is reported: work time (measured inside the process), whole-process wall
+time, and peak RSS (from wait4). The table of ratios is printed and written to
+benchmarks/results.json (or --json PATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+PY = sys.executable
+
+# --- the naive script users write today (load, then one reduction after another) -------------
+NAIVE_STATS = r"""
+import sys, time, torch
+t0 = time.perf_counter()
+path = sys.argv[1]
+if path.endswith(".safetensors"):
+    from safetensors.torch import load_file
+    sd = load_file(path)
+else:
+    sd = torch.load(path, weights_only=True)
+n = 0
+for name, t in sd.items():
+    if not t.is_floating_point():
+        continue
+    n += t.numel() * t.element_size()
+    x = t.float()
+    mean, std, mn, mx = x.mean().item(), x.std().item(), x.min().item(), x.max().item()
+    nan, inf, zeros = torch.isnan(x).sum().item(), torch.isinf(x).sum().item(), (x == 0).sum().item()
+print(f"WORK {time.perf_counter() - t0} {n}")
+"""
+
+PINIT_STATS = r"""
+import sys, time
+t0 = time.perf_counter()
+from pinit.checkpoint import open_checkpoint
+from pinit.inspect import inspect_checkpoint
+with open_checkpoint(sys.argv[1]) as ckpt:
+    n = sum(e.nbytes for e in ckpt.tensors if e.dt.is_float)
+    report = inspect_checkpoint(ckpt)
+print(f"WORK {time.perf_counter() - t0} {n}")
+"""
+
+NAIVE_REINIT = r"""
+import sys, time, torch
+from safetensors.torch import load_file, save_file
+t0 = time.perf_counter()
+sd = load_file(sys.argv[1])
+g = torch.Generator().manual_seed(0)
+torch.nn.init.normal_(sd[sys.argv[3]], generator=g)
+save_file(sd, sys.argv[2])
+print(f"WORK {time.perf_counter() - t0} 0")
+"""
+
+COPY_PLUS_TORCH = r"""
+import sys, time, shutil
+t0 = time.perf_counter()
+import torch
+shutil.copyfile(sys.argv[1], sys.argv[2])
+print(f"WORK {time.perf_counter() - t0} 0")
+"""
+
+
+@dataclass
+class Run:
+    wall: float
+    work: float | None
+    nbytes: int
+    rss_mb: float
+
+
+@dataclass
+class Case:
+    name: str
+    runs: list[Run] = field(default_factory=list)
+
+    def med(self, attr: str) -> float:
+        vals = [getattr(r, attr) for r in self.runs if getattr(r, attr) is not None]
+        return statistics.median(vals) if vals else float("nan")
+
+
+def run_rss(cmd: list[str]) -> Run:
+    """Run a process: wall time, the WORK line it prints (work time, bytes), peak RSS from wait4."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert p.stdout is not None
+    out_b = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if p.returncode not in (0, 1):
+        raise SystemExit(f"command failed ({p.returncode}): {' '.join(cmd)}")
+    work, nbytes = None, 0
+    for line in out_b.decode().splitlines():
+        if line.startswith("WORK "):
+            _, w, n = line.split()
+            work, nbytes = float(w), int(n)
+    return Run(wall, work, nbytes, usage.ru_maxrss / 1024)
+
+
+def make_data(small: bool) -> dict[str, Path]:
+    """Synthetic transformer-like checkpoints: fp32 (~2 GB, 233 tensors) and bf16 (~1 GB)."""
+    import torch
+    from safetensors.torch import save_file
+
+    DATA.mkdir(exist_ok=True)
+    tag = "small" if small else "full"
+    files = {
+        "fp32.safetensors": DATA / f"{tag}_fp32.safetensors",
+        "fp32.pt": DATA / f"{tag}_fp32.pt",
+        "bf16.safetensors": DATA / f"{tag}_bf16.safetensors",
+        "bf16.pt": DATA / f"{tag}_bf16.pt",
+        "1MB.safetensors": DATA / "tiny_1mb.safetensors",
+        "1MB.pt": DATA / "tiny_1mb.pt",
+    }
+    if all(p.exists() for p in files.values()):
+        return files
+    g = torch.Generator().manual_seed(0)
+    d = 448 if small else 1408  # 29 layers of 8 tensors: ~1.9 GB in fp32, ~0.95 GB in bf16
+
+    def model(dtype: torch.dtype, layers: int) -> dict[str, torch.Tensor]:
+        sd: dict[str, torch.Tensor] = {"embed.weight": torch.randn(4096, d, generator=g).to(dtype)}
+        for i in range(layers):
+            p = f"layers.{i}."
+            for k in ("q", "k", "v", "o"):
+                sd[p + f"attn.{k}.weight"] = torch.randn(d, d, generator=g).mul_(0.02).to(dtype)
+            sd[p + "mlp.up.weight"] = torch.randn(2 * d, d, generator=g).mul_(0.02).to(dtype)
+            sd[p + "mlp.down.weight"] = torch.randn(d, 2 * d, generator=g).mul_(0.02).to(dtype)
+            sd[p + "norm1.weight"] = torch.ones(d, dtype=dtype)
+            sd[p + "norm2.weight"] = torch.ones(d, dtype=dtype)
+        sd["norm.weight"] = torch.ones(d, dtype=dtype)
+        sd["head.weight"] = torch.randn(2048, d, generator=g).mul_(0.02).to(dtype)
+        sd["head.small"] = torch.randn(2048, 2048, generator=g).to(dtype)  # the 16 MB tensor reinit rewrites
+        return sd
+
+    sd32 = model(torch.float32, 29)
+    save_file(sd32, files["fp32.safetensors"])
+    torch.save(sd32, files["fp32.pt"])
+    del sd32
+    sd16 = model(torch.bfloat16, 29)
+    save_file(sd16, files["bf16.safetensors"])
+    torch.save(sd16, files["bf16.pt"])
+    del sd16
+    tiny = {f"t{i}": torch.randn(64, 64, generator=g) for i in range(64)}
+    save_file(tiny, files["1MB.safetensors"])
+    torch.save(tiny, files["1MB.pt"])
+    return files
+
+
+def make_folder(n: int) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    folder = DATA / f"folder_{n}"
+    if folder.exists() and len(list(folder.iterdir())) == n:
+        return folder
+    folder.mkdir(exist_ok=True)
+    g = torch.Generator().manual_seed(1)
+    for i in range(n):
+        sd = {f"layer{j}.weight": torch.randn(64, 64, generator=g) for j in range(8)}
+        if i % 2:
+            save_file(sd, folder / f"ckpt_{i:03d}.safetensors")
+        else:
+            torch.save(sd, folder / f"ckpt_{i:03d}.pt")
+    return folder
+
+
+NAIVE_CHECK = r"""
+import sys, time, glob, torch
+from safetensors.torch import load_file
+t0 = time.perf_counter()
+bad = 0
+for path in sorted(glob.glob(sys.argv[1] + "/*")):
+    sd = load_file(path) if path.endswith(".safetensors") else torch.load(path, weights_only=True)
+    for t in sd.values():
+        if t.is_floating_point() and (torch.isnan(t).any() or torch.isinf(t).any() or (t.abs() > 1e6).any()):
+            bad += 1
+print(f"WORK {time.perf_counter() - t0} 0")
+"""
+
+
+def interleave(cases: list[tuple[Case, list[str]]], repeats: int) -> None:
+    for _ in range(repeats):
+        for case, cmd in cases:
+            case.runs.append(run_rss(cmd))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small", action="store_true", help="small files for a quick run")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", default=str(HERE / "results.json"))
+    args = ap.parse_args()
+
+    files = make_data(args.small)
+    pinit = [PY, "-m", "pinit"]
+    rows: list[dict[str, object]] = []
+
+    def cat(path: Path) -> None:  # warm the page cache: the notes measure with a warm cache
+        with open(path, "rb") as f:
+            while f.read(64 << 20):
+                pass
+
+    # 1. statistics: pinit inspect vs the naive script, per file
+    for key in ("fp32.safetensors", "fp32.pt", "bf16.safetensors", "bf16.pt"):
+        f = files[key]
+        cat(f)
+        naive, ours, whole = Case("naive"), Case("pinit"), Case("pinit inspect (CLI)")
+        interleave(
+            [
+                (naive, [PY, "-c", NAIVE_STATS, str(f)]),
+                (ours, [PY, "-c", PINIT_STATS, str(f)]),
+                (whole, [*pinit, "inspect", str(f), "--format", "json", "--quiet"]),
+            ],
+            args.repeats,
+        )
+        gb = ours.runs[0].nbytes / 1e9
+        rows.append(
+            {
+                "case": f"statistics {key} ({gb:.2f} GB)",
+                "naive GB/s": gb / naive.med("work"),
+                "pinit GB/s": gb / ours.med("work"),
+                "speedup (work)": naive.med("work") / ours.med("work"),
+                "naive process s": naive.med("wall"),
+                "pinit inspect process s": whole.med("wall"),
+                "speedup (process)": naive.med("wall") / whole.med("wall"),
+                "naive peak RSS MB": naive.med("rss_mb"),
+                "pinit peak RSS MB": whole.med("rss_mb"),
+            }
+        )
+
+    # 2. header-only listing and --help against `import typer, rich`
+    base, helpc = Case("import typer, rich"), Case("pinit --help")
+    cases = [(base, [PY, "-c", "import typer, rich"]), (helpc, [*pinit, "--help"])]
+    listing = {}
+    for key in ("1MB.safetensors", "fp32.safetensors", "1MB.pt", "fp32.pt"):
+        listing[key] = Case(f"--no-stats {key}")
+        cases.append((listing[key], [*pinit, "inspect", str(files[key]), "--no-stats", "--format", "json"]))
+    interleave(cases, args.repeats)
+    rows.append(
+        {
+            "case": "pinit --help",
+            "baseline s (import typer, rich)": base.med("wall"),
+            "pinit s": helpc.med("wall"),
+            "ratio": helpc.med("wall") / base.med("wall"),
+        }
+    )
+    for key, c in listing.items():
+        rows.append(
+            {
+                "case": f"inspect --no-stats {key}",
+                "baseline s (import typer, rich)": base.med("wall"),
+                "pinit s": c.med("wall"),
+                "ratio": c.med("wall") / base.med("wall"),
+                "pinit peak RSS MB": c.med("rss_mb"),
+            }
+        )
+
+    # 3. reinit of one 16 MB tensor of the fp32 safetensors file
+    src = files["fp32.safetensors"]
+    cat(src)
+    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+        t = Path(tmp)
+        naive, copy, new, inplace = Case("load+init+save"), Case("copy+import torch"), Case("new"), Case("in place")
+        work_copy = t / "inplace.safetensors"
+        shutil.copyfile(src, work_copy)
+        for _ in range(args.repeats):
+            naive.runs.append(run_rss([PY, "-c", NAIVE_REINIT, str(src), str(t / "naive.safetensors"), "head.small"]))
+            copy.runs.append(run_rss([PY, "-c", COPY_PLUS_TORCH, str(src), str(t / "copy.safetensors")]))
+            new.runs.append(
+                run_rss(
+                    [*pinit, "reinit", str(src), "--match", "^head.small$", "--scheme", "normal", "--seed", "0",
+                     "--out", str(t / "new.safetensors"), "--quiet"]
+                )
+            )  # fmt: skip
+            inplace.runs.append(
+                run_rss(
+                    [*pinit, "reinit", str(work_copy), "--match", "^head.small$", "--scheme", "normal", "--seed", "0",
+                     "--quiet"]
+                )
+            )  # fmt: skip
+        for label, c in (("to a new file", new), ("in place", inplace)):
+            rows.append(
+                {
+                    "case": f"reinit one 16 MB tensor of {src.stat().st_size / 1e9:.2f} GB, {label}",
+                    "load+init+save s": naive.med("wall"),
+                    "copy + import torch s": copy.med("wall"),
+                    "pinit s": c.med("wall"),
+                    "ratio vs copy+import": c.med("wall") / copy.med("wall"),
+                    "speedup vs load+save": naive.med("wall") / c.med("wall"),
+                    "naive peak RSS MB": naive.med("rss_mb"),
+                    "pinit peak RSS MB": c.med("rss_mb"),
+                }
+            )
+
+    # 4. check over a folder of 50 small checkpoints, one process
+    folder = make_folder(50)
+    naive, ours = Case("naive check"), Case("pinit check")
+    interleave(
+        [(naive, [PY, "-c", NAIVE_CHECK, str(folder)]), (ours, [*pinit, "check", str(folder), "--format", "json"])],
+        args.repeats,
+    )
+    rows.append(
+        {
+            "case": "check a folder of 50 small checkpoints",
+            "naive s": naive.med("wall"),
+            "pinit s": ours.med("wall"),
+            "speedup": naive.med("wall") / ours.med("wall"),
+        }
+    )
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    doc = {"machine": machine, "small": args.small, "repeats": args.repeats, "rows": rows}
+    Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"machine: {machine}; medians of {args.repeats} interleaved runs; page cache warm")
+    for r in rows:
+        print(f"\n{r['case']}")
+        for k, v in r.items():
+            if k != "case":
+                print(f"  {k:34s} {v:10.3f}" if isinstance(v, float) else f"  {k:34s} {v}")
+
+
+if __name__ == "__main__":
+    main()

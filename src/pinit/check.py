@@ -1,0 +1,320 @@
+"""``check``: the CI gate.  Runs the flags of every tensor of every checkpoint, compares with a
+reference, and decides pass or fail against a severity threshold."""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pinit.checkpoint import CHECKPOINT_SUFFIXES, INDEX_SUFFIXES, Checkpoint, LoadOptions, open_checkpoint
+from pinit.errors import PinitError
+from pinit.flags import DEFAULT_MAX_ABS, ERROR, FLAG_CODES, WARNING, duplicate_groups, value_flags
+from pinit.inspect import compute_all_stats
+from pinit.selection import Selector, compile_patterns
+
+REFERENCE_CODES = {
+    "missing": "a tensor of the reference is not in the file",
+    "unexpected": "a tensor of the file is not in the reference",
+    "shape_mismatch": "a tensor's shape differs from the reference",
+    "dtype_mismatch": "a tensor's dtype differs from the reference",
+}
+CHECK_CODES: dict[str, str] = {
+    **{code: sev for code, (sev, _) in FLAG_CODES.items()},
+    **dict.fromkeys(REFERENCE_CODES, ERROR),
+    "unreadable": ERROR,
+}
+SEVERITIES = ("off", WARNING, ERROR)
+_RANK = {WARNING: 1, ERROR: 2}
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    severity: str
+    message: str
+    tensor: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"tensor": self.tensor, "code": self.code, "severity": self.severity, "message": self.message}
+
+
+@dataclass
+class FileResult:
+    path: str
+    format: str | None  # None when unreadable
+    tensors: int
+    findings: list[Finding]
+    fail_on: str
+
+    @property
+    def failed(self) -> bool:
+        return any(_RANK[f.severity] >= _RANK[self.fail_on] for f in self.findings)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "tensors": self.tensors,
+            "status": "fail" if self.failed else "pass",
+            "findings": [f.as_json() for f in self.findings],
+        }
+
+
+@dataclass
+class CheckSettings:
+    fail_on: str = ERROR
+    rules: dict[str, str] = field(default_factory=dict)
+    max_abs: float = DEFAULT_MAX_ABS
+    exclude: list[str] = field(default_factory=list)
+    reference: str | None = None
+
+    def severity(self, code: str) -> str:
+        return self.rules.get(code, CHECK_CODES[code])
+
+
+@dataclass
+class CheckReport:
+    files: list[FileResult]
+    settings: CheckSettings
+
+    @property
+    def failed(self) -> bool:
+        return any(f.failed for f in self.files)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def summary(self) -> dict[str, Any]:
+        findings = [x for f in self.files for x in f.findings]
+        return {
+            "files": len(self.files),
+            "failed_files": sum(f.failed for f in self.files),
+            "errors": sum(x.severity == ERROR for x in findings),
+            "warnings": sum(x.severity == WARNING for x in findings),
+            "fail_on": self.settings.fail_on,
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "files": [f.as_json() for f in self.files],
+            "summary": self.summary(),
+            "exit_code": self.exit_code,
+        }
+
+
+def parse_rule(text: str) -> tuple[str, str]:
+    """``CODE=off|warning|error`` as given to --rule."""
+    code, sep, sev = text.partition("=")
+    code, sev = code.strip(), sev.strip().lower()
+    if not sep or code not in CHECK_CODES:
+        raise PinitError(
+            f"--rule expects CODE=off|warning|error with CODE one of {', '.join(CHECK_CODES)}; got '{text}'"
+        )
+    if sev not in SEVERITIES:
+        raise PinitError(f"--rule {code}: severity must be off, warning or error, not '{sev}'")
+    return code, sev
+
+
+def find_pyproject(start: Path | None = None) -> Path | None:
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_pyproject_settings(pyproject: Path | None) -> dict[str, Any]:
+    """The ``[tool.pinit.check]`` table of ``pyproject`` (keys with - or _), validated."""
+    if pyproject is None:
+        return {}
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        doc = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise PinitError(f"cannot read [tool.pinit.check]: {e}", str(pyproject)) from None
+    table = doc.get("tool", {}).get("pinit", {}).get("check", {})
+    if not isinstance(table, dict):
+        raise PinitError("[tool.pinit.check] must be a table", str(pyproject))
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        k = key.replace("-", "_")
+        if k not in ("fail_on", "rules", "max_abs", "exclude", "reference"):
+            raise PinitError(f"unknown key '{key}' in [tool.pinit.check]", str(pyproject))
+        out[k] = value
+    for k, ok, what in (
+        ("fail_on", lambda v: isinstance(v, str), "a string: error or warning"),
+        ("max_abs", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+        (
+            "exclude",
+            lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+            "a regular expression or a list of them",
+        ),
+        ("reference", lambda v: isinstance(v, str), "a path"),
+    ):
+        if k in out and not ok(out[k]):
+            raise PinitError(f"[tool.pinit.check] {k.replace('_', '-')} must be {what}, not {out[k]!r}", str(pyproject))
+    if "rules" in out:
+        rules = out["rules"]
+        if not isinstance(rules, dict):
+            raise PinitError("[tool.pinit.check] rules must be a table of CODE = severity", str(pyproject))
+        out["rules"] = dict(parse_rule(f"{c}={s}") for c, s in rules.items())
+    if "exclude" in out:
+        ex = out["exclude"]
+        out["exclude"] = [ex] if isinstance(ex, str) else list(ex)
+    if "reference" in out and out["reference"] is not None:
+        ref = Path(str(out["reference"]))
+        out["reference"] = str(ref if ref.is_absolute() else pyproject.parent / ref)
+    return out
+
+
+def merge_settings(
+    pyproject: Mapping[str, Any],
+    *,
+    fail_on: str | None,
+    rules: Sequence[str],
+    max_abs: float | None,
+    exclude: Sequence[str],
+    reference: str | None,
+) -> CheckSettings:
+    """Options win over ``[tool.pinit.check]``; --rule adds to (and overrides) the file's rules."""
+    s = CheckSettings()
+    s.fail_on = (fail_on or pyproject.get("fail_on") or ERROR).lower()
+    if s.fail_on not in (WARNING, ERROR):
+        raise PinitError(f"--fail-on must be error or warning, not '{s.fail_on}'")
+    s.rules = {**pyproject.get("rules", {}), **dict(parse_rule(r) for r in rules)}
+    s.max_abs = float(max_abs if max_abs is not None else pyproject.get("max_abs", DEFAULT_MAX_ABS))
+    if not s.max_abs > 0:
+        raise PinitError("--max-abs must be a positive number")
+    s.exclude = [*pyproject.get("exclude", []), *exclude]
+    compile_patterns(s.exclude, "--exclude")  # a bad regex is bad usage (exit 2), not an unreadable file
+    s.reference = reference if reference is not None else pyproject.get("reference")
+    return s
+
+
+def expand_paths(paths: Sequence[str]) -> list[str]:
+    """Files, folders (searched for checkpoints; a sharded checkpoint counts once) and globs."""
+    out: list[str] = []
+    for p in paths:
+        if not os.path.exists(p) and glob.has_magic(p):
+            matches = sorted(glob.glob(p, recursive=True))
+            if not matches:
+                raise PinitError(f"no file matches '{p}'")
+            for m in matches:
+                out.extend(_expand_one(m))
+        else:
+            out.extend(_expand_one(p))
+    return list(dict.fromkeys(out))
+
+
+def _expand_one(p: str) -> list[str]:
+    path = Path(p)
+    if not path.is_dir():
+        return [p]  # a missing file is reported as unreadable
+    found: list[str] = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        indexes = sorted(f for f in files if f.endswith(INDEX_SUFFIXES))
+        shards: set[str] = set()
+        for idx in indexes:
+            found.append(os.path.join(root, idx))
+            shards |= _shard_files(Path(root) / idx)
+        for f in sorted(files):
+            if f.endswith(CHECKPOINT_SUFFIXES) and f not in shards:
+                found.append(os.path.join(root, f))
+    return found
+
+
+def _shard_files(index: Path) -> set[str]:
+    import json
+
+    try:
+        doc = json.loads(index.read_text(encoding="utf-8"))
+        return {Path(v).name for v in doc.get("weight_map", {}).values() if isinstance(v, str)}
+    except Exception:
+        return set()
+
+
+def check_checkpoint(ckpt: Checkpoint, settings: CheckSettings, reference: Checkpoint | None) -> list[Finding]:
+    selector = Selector((), settings.exclude)
+    entries = [e for e in ckpt.tensors if selector(e.name)]
+    findings: list[Finding] = []
+    stats = compute_all_stats(entries, settings.max_abs)
+    for e in entries:
+        st = stats[e.name]
+        if st is not None:
+            findings += [Finding(f.code, f.severity, f.message, e.name) for f in value_flags(e, st, settings.max_abs)]
+    found = {n: s for n, s in stats.items() if s is not None}
+    for group in duplicate_groups(entries, found):
+        for name in group:
+            others = ", ".join(n for n in group if n != name)
+            findings.append(Finding("duplicate", WARNING, f"same bytes as {others} (separate storage)", name))
+    if reference is not None:
+        findings += compare_reference(entries, [e for e in reference.tensors if selector(e.name)])
+    return _apply_rules(findings, settings)
+
+
+def compare_reference(entries: Sequence[Any], ref_entries: Sequence[Any]) -> list[Finding]:
+    mine = {e.name: e for e in entries}
+    ref = {e.name: e for e in ref_entries}
+    out = []
+    for name, r in ref.items():
+        e = mine.get(name)
+        if e is None:
+            out.append(Finding("missing", ERROR, f"not in this file; the reference has {r.dtype}{list(r.shape)}", name))
+            continue
+        if tuple(e.shape) != tuple(r.shape):
+            out.append(Finding("shape_mismatch", ERROR, f"shape {list(e.shape)}, reference {list(r.shape)}", name))
+        if e.dtype != r.dtype:
+            out.append(Finding("dtype_mismatch", ERROR, f"dtype {e.dtype}, reference {r.dtype}", name))
+    for name, e in mine.items():
+        if name not in ref:
+            out.append(Finding("unexpected", ERROR, f"not in the reference ({e.dtype}{list(e.shape)})", name))
+    return out
+
+
+def _apply_rules(findings: Sequence[Finding], settings: CheckSettings) -> list[Finding]:
+    out = []
+    for f in findings:
+        sev = settings.severity(f.code)
+        if sev != "off":
+            out.append(Finding(f.code, sev, f.message, f.tensor))
+    return out
+
+
+def run_check(paths: Sequence[str], settings: CheckSettings, load_options: LoadOptions | None = None) -> CheckReport:
+    """Check every checkpoint under ``paths``; an unreadable file is a finding, not a stop."""
+    if not paths:
+        raise PinitError("give at least one checkpoint file, folder or glob")
+    files = expand_paths(paths)
+    if not files:
+        raise PinitError(f"no checkpoint found under {', '.join(paths)}")
+    reference = None
+    if settings.reference:
+        reference = open_checkpoint(settings.reference, load_options)  # unreadable reference: usage error
+    results = []
+    try:
+        for path in files:
+            try:
+                with open_checkpoint(path, load_options) as ckpt:
+                    findings = check_checkpoint(ckpt, settings, reference)
+                    results.append(FileResult(path, ckpt.format, len(ckpt.tensors), findings, settings.fail_on))
+            except PinitError as e:
+                msg = e.message
+                finding = Finding("unreadable", settings.severity("unreadable"), msg)
+                kept = [finding] if finding.severity != "off" else []
+                results.append(FileResult(path, None, 0, kept, settings.fail_on))
+    finally:
+        if reference is not None:
+            reference.close()
+    return CheckReport(results, settings)

@@ -1,0 +1,172 @@
+"""``pinit check``: the CI gate.  Exit 0 clean, 1 findings at or above --fail-on, 2 bad usage."""
+
+from __future__ import annotations
+
+import re
+import sys
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from pinit.cli import options as opt
+from pinit.cli import output as out
+from pinit.cli.common import load_options
+
+if TYPE_CHECKING:
+    from pinit.check import CheckReport
+
+
+class CheckFormat(str, Enum):
+    text = "text"
+    json = "json"
+    github = "github"
+    junit = "junit"
+
+
+class FailOn(str, Enum):
+    error = "error"
+    warning = "warning"
+
+
+def check(
+    paths: Annotated[
+        list[str], typer.Argument(help="Checkpoint files, folders (searched) or globs.", show_default=False)
+    ],
+    fail_on: Annotated[
+        FailOn | None,
+        typer.Option("--fail-on", help="Fail on findings of this severity or worse. [default: error]"),
+    ] = None,
+    rule: Annotated[
+        list[str] | None,
+        typer.Option("--rule", metavar="CODE=off|warning|error", help="Change a flag's severity; repeatable."),
+    ] = None,
+    max_abs: Annotated[
+        float | None, typer.Option("--max-abs", help="Threshold of the 'huge' flag. [default: 1e6]", min=0.0)
+    ] = None,
+    exclude: opt.Exclude = None,
+    reference: Annotated[
+        str | None,
+        typer.Option("--reference", help="Also compare names, shapes and dtypes with this checkpoint."),
+    ] = None,
+    fmt: Annotated[CheckFormat, typer.Option("--format", "-f", help="Output format.")] = CheckFormat.text,
+    unsafe_pickle: opt.UnsafePickle = False,
+    allow_global: opt.AllowGlobal = None,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Fail (exit 1) when checkpoints hold NaN/Inf, subnormals, huge values, or (with --fail-on warning)
+    all-zero, constant or duplicated weights; settings may come from [tool.pinit.check] in pyproject.toml."""
+    from pinit.check import find_pyproject, load_pyproject_settings, merge_settings, run_check
+
+    settings = merge_settings(
+        load_pyproject_settings(find_pyproject()),
+        fail_on=fail_on.value if fail_on else None,
+        rules=rule or [],
+        max_abs=max_abs,
+        exclude=exclude or [],
+        reference=reference,
+    )
+    report = run_check(paths, settings, load_options(allow_global, unsafe_pickle))
+    if fmt is CheckFormat.json:
+        out.print_json(report.as_json())
+    elif fmt is CheckFormat.github:
+        _github(report)
+    elif fmt is CheckFormat.junit:
+        _junit(report)
+    else:
+        _text(report, quiet)
+    raise typer.Exit(report.exit_code)
+
+
+def _text(report: CheckReport, quiet: bool) -> None:
+    style = {"error": "bold red", "warning": "yellow"}
+    rows: list[list[out.Cell]] = []
+    for f in report.files:
+        for x in f.findings:
+            rows.append(
+                [
+                    (f.path, None),
+                    (x.tensor or "—", None),
+                    (x.severity, style[x.severity]),
+                    (x.code, None),
+                    (x.message, None),
+                ]
+            )
+    if rows:
+        out.render_table(
+            [("file", "left"), ("tensor", "left"), ("severity", "left"), ("code", "left"), ("message", "left")], rows
+        )
+    s = report.summary()
+    verdict = "FAIL" if report.failed else "ok"
+    print(
+        f"{verdict}: {s['files']} files checked, {s['failed_files']} failed "
+        f"({s['errors']} errors, {s['warnings']} warnings; failing on {s['fail_on']})"
+    )
+
+
+def _gh_escape(text: str, prop: bool = False) -> str:
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    if prop:
+        text = text.replace(":", "%3A").replace(",", "%2C")
+    return text
+
+
+def _github(report: CheckReport) -> None:
+    """GitHub Actions workflow commands: ::error file=...,title=...::message."""
+    for f in report.files:
+        for x in f.findings:
+            level = "error" if x.severity == "error" else "warning"
+            title = f"pinit {x.code}" + (f" in {x.tensor}" if x.tensor else "")
+            msg = f"{x.tensor}: {x.message}" if x.tensor else x.message
+            sys.stdout.write(
+                f"::{level} file={_gh_escape(f.path, True)},title={_gh_escape(title, True)}::{_gh_escape(msg)}\n"
+            )
+    s = report.summary()
+    sys.stdout.write(
+        f"pinit check: {s['files']} files, {s['failed_files']} failed, {s['errors']} errors, {s['warnings']} warnings\n"
+    )
+
+
+# characters XML 1.0 cannot hold: a control character in a tensor name must not make the report unparsable
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_text(text: str) -> str:
+    """``text`` with each character XML cannot hold written as ``\\xNN``."""
+    return _XML_INVALID.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _junit(report: CheckReport) -> None:
+    """JUnit XML: one testcase per file, one failure per finding at or above --fail-on."""
+    import xml.etree.ElementTree as ET
+
+    rank = {"warning": 1, "error": 2}
+    threshold = rank[report.settings.fail_on]
+    suites = ET.Element("testsuites", name="pinit check")
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name="pinit check",
+        tests=str(len(report.files)),
+        failures=str(sum(f.failed for f in report.files)),
+        errors="0",
+        skipped="0",
+    )
+    suites.set("tests", suite.get("tests", "0"))
+    suites.set("failures", suite.get("failures", "0"))
+    for f in report.files:
+        case = ET.SubElement(suite, "testcase", classname="pinit.check", name=_xml_text(f.path))
+        below = []
+        for x in f.findings:
+            where = _xml_text(f"{x.tensor}: ") if x.tensor else ""
+            if rank[x.severity] >= threshold:
+                msg = _xml_text(x.message)
+                fail = ET.SubElement(case, "failure", type=x.code, message=f"{where}{msg}")
+                fail.text = f"{x.severity}: {where}{x.code}: {msg}"
+            else:
+                below.append(f"{x.severity}: {where}{x.code}: {_xml_text(x.message)}")
+        if below:
+            ET.SubElement(case, "system-out").text = "\n".join(below)
+    ET.indent(suites)
+    sys.stdout.write('<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n")
