@@ -119,10 +119,7 @@ def run_rss(cmd: list[str]) -> Run:
 
 
 def make_data(small: bool) -> dict[str, Path]:
-    """Synthetic transformer-like checkpoints: fp32 (~2 GB, 233 tensors) and bf16 (~1 GB)."""
-    import torch
-    from safetensors.torch import save_file
-
+    """Synthetic transformer-like checkpoints: fp32 (~2 GB, 236 tensors) and bf16 (~1 GB)."""
     DATA.mkdir(exist_ok=True)
     tag = "small" if small else "full"
     files = {
@@ -135,6 +132,9 @@ def make_data(small: bool) -> dict[str, Path]:
     }
     if all(p.exists() for p in files.values()):
         return files
+    import torch
+    from safetensors.torch import save_file
+
     g = torch.Generator().manual_seed(0)
     d = 448 if small else 1408  # 29 layers of 8 tensors: ~1.9 GB in fp32, ~0.95 GB in bf16
 
@@ -168,12 +168,12 @@ def make_data(small: bool) -> dict[str, Path]:
 
 
 def make_folder(n: int) -> Path:
-    import torch
-    from safetensors.torch import save_file
-
     folder = DATA / f"folder_{n}"
     if folder.exists() and len(list(folder.iterdir())) == n:
         return folder
+    import torch
+    from safetensors.torch import save_file
+
     folder.mkdir(exist_ok=True)
     g = torch.Generator().manual_seed(1)
     for i in range(n):
@@ -210,8 +210,13 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="small files for a quick run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=str(HERE / "results.json"))
+    ap.add_argument("--make-data", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-
+    if args.make_data:  # run in a child, so that this process never holds the data (wait4's
+        make_data(args.small)  # peak RSS of a child starts from its parent's at fork time)
+        make_folder(50)
+        return
+    subprocess.run([PY, __file__, "--make-data", *(["--small"] if args.small else [])], check=True)
     files = make_data(args.small)
     pinit = [PY, "-m", "pinit"]
     rows: list[dict[str, object]] = []
@@ -314,7 +319,7 @@ def main() -> None:
             )
 
     # 4. check over a folder of 50 small checkpoints, one process
-    folder = make_folder(50)
+    folder = make_folder(50)  # made by the child above
     naive, ours = Case("naive check"), Case("pinit check")
     interleave(
         [(naive, [PY, "-c", NAIVE_CHECK, str(folder)]), (ours, [*pinit, "check", str(folder), "--format", "json"])],

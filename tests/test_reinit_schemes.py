@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from scipy import stats
 
 from conftest import run_cli
-from pinit.reinit import derive_seed
+from pinit.reinitialize import derive_seed
 
 P_MIN = 1e-4  # a KS p-value below this means "not the expected distribution"
 

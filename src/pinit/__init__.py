@@ -20,8 +20,12 @@ __all__ = [
     "PinitError",
     "Selector",
     "__version__",
+    "derive_seed",
+    "diff_checkpoints",
     "inspect_checkpoint",
     "open_checkpoint",
+    "reinit",
+    "run_check",
 ]
 
 _LAZY = {
@@ -30,6 +34,10 @@ _LAZY = {
     "inspect_checkpoint": "pinit.inspect",
     "Selector": "pinit.selection",
     "PinitError": "pinit.errors",
+    "reinit": "pinit.reinitialize",
+    "derive_seed": "pinit.reinitialize",
+    "run_check": "pinit.check",
+    "diff_checkpoints": "pinit.diff",
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pinit.checkpoint import CHECKPOINT_SUFFIXES, INDEX_SUFFIXES, Checkpoint, LoadOptions, open_checkpoint
 from pinit.errors import PinitError
-from pinit.flags import DEFAULT_MAX_ABS, ERROR, FLAG_CODES, WARNING, duplicate_groups, value_flags
+from pinit.flags import DEFAULT_MAX_ABS, ERROR, FLAG_CODES, WARNING, duplicate_groups, duplicate_message, value_flags
 from pinit.inspect import compute_all_stats
 from pinit.selection import Selector, compile_patterns
 
@@ -257,8 +257,7 @@ def check_checkpoint(ckpt: Checkpoint, settings: CheckSettings, reference: Check
     found = {n: s for n, s in stats.items() if s is not None}
     for group in duplicate_groups(entries, found):
         for name in group:
-            others = ", ".join(n for n in group if n != name)
-            findings.append(Finding("duplicate", WARNING, f"same bytes as {others} (separate storage)", name))
+            findings.append(Finding("duplicate", WARNING, duplicate_message(name, group), name))
     if reference is not None:
         findings += compare_reference(entries, [e for e in reference.tensors if selector(e.name)])
     return _apply_rules(findings, settings)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported only when tensor data is read
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -79,26 +81,29 @@ def get(name: str) -> DType:
         raise KeyError(f"unsupported dtype '{name}'") from None
 
 
+# torch name -> numpy type code (little-endian), where numpy has the type
 _NUMPY_NATIVE = {
-    "float64": np.float64,
-    "float32": np.float32,
-    "float16": np.float16,
-    "int64": np.int64,
-    "int32": np.int32,
-    "int16": np.int16,
-    "int8": np.int8,
-    "uint64": np.uint64,
-    "uint32": np.uint32,
-    "uint16": np.uint16,
-    "uint8": np.uint8,
-    "bool": np.bool_,
-    "complex64": np.complex64,
-    "complex128": np.complex128,
+    "float64": "f8",
+    "float32": "f4",
+    "float16": "f2",
+    "int64": "i8",
+    "int32": "i4",
+    "int16": "i2",
+    "int8": "i1",
+    "uint64": "u8",
+    "uint32": "u4",
+    "uint16": "u2",
+    "uint8": "u1",
+    "bool": "b1",
+    "complex64": "c8",
+    "complex128": "c16",
 }
 
 
 def numpy_dtype(name: str) -> np.dtype | None:
     """The numpy dtype with the same bytes, or None (bfloat16, fp8) where numpy has none."""
+    import numpy as np
+
     t = _NUMPY_NATIVE.get(name)
     return None if t is None else np.dtype(t).newbyteorder("<")
 
@@ -131,6 +136,8 @@ _FP8_FORMATS = {
 @cache
 def fp8_table(name: str) -> np.ndarray:
     """float32 value of each of the 256 bit patterns of an fp8 format."""
+    import numpy as np
+
     fmt = _FP8_FORMATS[name]
     return np.array([_fp8_value(b, *fmt) for b in range(256)], dtype=np.float32)
 
@@ -141,6 +148,8 @@ def decode_float(raw: np.ndarray, name: str, out: np.ndarray | None = None) -> n
     float64 stays float64; everything narrower becomes float32, written into
     ``out`` when given (a reused buffer of at least the right length).
     """
+    import numpy as np
+
     if name == "float64":
         return raw.view("<f8")
     if name == "float32":

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from pinit.stats import Stats
 from pinit.storage import TensorEntry
+
+if TYPE_CHECKING:
+    from pinit.stats import Stats
 
 ERROR = "error"
 WARNING = "warning"
@@ -104,10 +106,24 @@ def duplicate_groups(entries: Sequence[TensorEntry], stats: dict[str, Stats]) ->
             same = [first.name] + [o.name for o in rest if _same_bytes(first, o)]
             if len(same) > 1:
                 out.append(same)
-            remaining = [o for o in rest if o.name not in same]
+            found = set(same)  # a set: with thousands of equal tiny tensors a list made this quadratic
+            remaining = [o for o in rest if o.name not in found]
     return out
 
 
+DUPLICATE_NAMES_SHOWN = 5
+
+
+def duplicate_message(name: str, group: Sequence[str]) -> str:
+    """The evidence of a duplicate: the other names of its group, at most a few of them
+    (a group of 10,000 equal tensors must not give each one a message naming 9,999 others)."""
+    shown = list(islice((n for n in group if n != name), DUPLICATE_NAMES_SHOWN))
+    more = len(group) - 1 - len(shown)
+    return f"same bytes as {', '.join(shown)}" + (f" and {more:,} more" if more > 0 else "") + " (separate storage)"
+
+
 def _same_bytes(a: TensorEntry, b: TensorEntry) -> bool:
+    import numpy as np
+
     # Both iterate in chunks of the same size, so the chunks line up.
     return all(np.array_equal(ca, cb) for ca, cb in zip(a.iter_bytes(), b.iter_bytes()))

@@ -13,12 +13,13 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from pinit import dtypes
 from pinit.errors import PinitError
+
+if TYPE_CHECKING:  # numpy is imported only when tensor data is read
+    import numpy as np
 
 CHUNK_BYTES = 1 << 20
 # A non-contiguous view is gathered in memory; refuse views spread over more.
@@ -85,6 +86,8 @@ class StreamStorage(Storage):
         self.key = key
 
     def read_into(self, start: int, out: np.ndarray) -> None:
+        import numpy as np
+
         with self.opener() as f:
             f.seek(start)
             data = f.read(out.size)
@@ -163,6 +166,8 @@ class TensorEntry:
         Chunks may be views into a reused buffer or into the storage itself:
         use each before asking for the next, and never write to it.
         """
+        import numpy as np
+
         item = self.dt.itemsize
         total = self.nbytes
         if total == 0:
@@ -188,6 +193,8 @@ class TensorEntry:
 
     def read_bytes(self, limit: int | None = None) -> np.ndarray:
         """The first ``limit`` bytes (all when None) of the tensor, row-major, as a new array."""
+        import numpy as np
+
         total = self.nbytes if limit is None else min(limit, self.nbytes)
         out = np.empty(total, dtype=np.uint8)
         done = 0
@@ -200,6 +207,8 @@ class TensorEntry:
         return out
 
     def _gather_strided(self) -> np.ndarray:
+        import numpy as np
+
         item = self.dt.itemsize
         assert self.strides is not None
         lo = self.offset

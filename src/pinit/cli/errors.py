@@ -39,6 +39,11 @@ def debug_requested(args: Sequence[str]) -> bool:
     return "--debug" in args or os.environ.get("PINIT_DEBUG", "") not in ("", "0")
 
 
+def is_usage_error(e: Exception) -> bool:
+    """Typer's usage errors (bad option, missing argument, bad value) are ``typer.TyperException``."""
+    return isinstance(e, typer.TyperException)
+
+
 class PinitGroup(typer.core.TyperGroup):
     """The top-level command group: turns every failure into one line and an exit code."""
 
@@ -61,10 +66,6 @@ class PinitGroup(typer.core.TyperGroup):
             code = e.exit_code
         except typer.Abort:
             code = _print_error("interrupted")
-        except typer.TyperException as e:  # usage errors: bad option, missing argument, bad value
-            ctx = getattr(e, "ctx", None)
-            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            code = _print_error(e.format_message() + hint)
         except PinitError as e:
             if debug_requested(argv):
                 traceback.print_exc()
@@ -76,7 +77,12 @@ class PinitGroup(typer.core.TyperGroup):
         except Exception as e:
             if debug_requested(argv):
                 traceback.print_exc()
-            code = _print_error(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+            if is_usage_error(e):  # bad option, missing argument, bad value
+                ctx = getattr(e, "ctx", None)
+                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+                code = _print_error(e.format_message() + hint)  # type: ignore[attr-defined]
+            else:
+                code = _print_error(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
         if standalone_mode:
             sys.exit(code)
         return code

@@ -47,8 +47,10 @@ def inspect(
 
     selector = Selector(match or (), exclude or ())
     with open_path(path, load_options(allow_global, unsafe_pickle)) as ckpt:
-        total = sum(e.nbytes for e in ckpt.tensors if selector(e.name))
-        with out.progress_bar(0 if no_stats else total, "statistics", quiet) as progress:
+        chosen = [e for e in ckpt.tensors if selector(e.name)]
+        total = sum(e.nbytes for e in chosen)
+        work = (0, 0) if no_stats else (total, len(chosen))
+        with out.progress_bar(work[0], "statistics", quiet, count=work[1]) as progress:
             report = inspect_checkpoint(
                 ckpt,
                 selector=selector,

@@ -22,7 +22,17 @@ def stdout_is_terminal() -> bool:
 
 
 def print_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False, default=_json_default) + "\n")
+    # Streamed in batches of chunks: json.dumps(indent=...) builds the whole text from
+    # millions of small strings first, which doubled the peak memory of a 100,000-tensor report.
+    encoder = json.JSONEncoder(indent=2, allow_nan=False, default=_json_default)
+    parts: list[str] = []
+    for chunk in encoder.iterencode(doc):
+        parts.append(chunk)
+        if len(parts) >= 65536:
+            sys.stdout.write("".join(parts))
+            parts.clear()
+    parts.append("\n")
+    sys.stdout.write("".join(parts))
 
 
 def _json_default(o: Any) -> Any:
@@ -137,9 +147,12 @@ def styled(text: str, style: str | None) -> Cell:
 
 
 @contextmanager
-def progress_bar(total_bytes: int, description: str, quiet: bool) -> Iterator[Callable[[int], None] | None]:
-    """A byte-counting progress bar on stderr, only for a terminal and for long work."""
-    if quiet or not sys.stderr.isatty() or total_bytes < (256 << 20):
+def progress_bar(
+    total_bytes: int, description: str, quiet: bool, count: int = 0
+) -> Iterator[Callable[[int], None] | None]:
+    """A byte-counting progress bar on stderr, only for a terminal and for long work
+    (over 256 MB, or over 5,000 tensors: about a second or more)."""
+    if quiet or not sys.stderr.isatty() or (total_bytes < (256 << 20) and count < 5000):
         yield None
         return
     import threading

@@ -13,7 +13,7 @@ from pinit.cli.common import load_options
 from pinit.cli.errors import warn
 
 if TYPE_CHECKING:
-    from pinit.reinit import ReinitResult
+    from pinit.reinitialize import ReinitResult
 
 _SCHEME_PANEL = "Scheme options (mapped onto torch.nn.init arguments)"
 
@@ -88,7 +88,7 @@ def reinit(
     debug: opt.Debug = False,
 ) -> None:
     """Re-initialize the selected tensors with one torch.nn.init scheme and save (in place by default)."""
-    from pinit.reinit import reinit as run_reinit
+    from pinit.reinitialize import reinit as run_reinit
 
     given: dict[str, Any] = {
         k: v

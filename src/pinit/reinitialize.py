@@ -58,7 +58,12 @@ class Rule:
     where: str = ""  # for messages: "rule 2 of plan.toml"
 
     def __post_init__(self) -> None:
-        self.scheme = canonical_name(self.scheme)
+        try:
+            self.scheme = canonical_name(self.scheme)
+        except PinitError as e:
+            if self.where:
+                e.message = f"{e.message} ({self.where})"
+            raise
         self.selector = Selector(self.match, self.exclude)
         if self.scheme != "default":
             self.kwargs = resolve_options(self.scheme, self.options, self.where)
@@ -160,7 +165,11 @@ def load_plan(path: str | os.PathLike[str]) -> tuple[int | None, list[Rule]]:
         scheme = r.pop("scheme", None)
         if not isinstance(scheme, str):
             raise PinitError(f"{where} needs a scheme", str(p))
-        rules.append(Rule(scheme, r, match, exclude, where))
+        try:
+            rules.append(Rule(scheme, r, match, exclude, where))
+        except PinitError as e:
+            e.path = str(p)
+            raise
     return seed, rules
 
 
@@ -315,7 +324,11 @@ def reinit(
     if seed is None:
         seed = secrets.randbits(32)
     with open_checkpoint(path, load_options) as ckpt:
-        assignments = plan_assignments(ckpt, rules, flagged, max_abs)
+        try:
+            assignments = plan_assignments(ckpt, rules, flagged, max_abs)
+        except PinitError as e:
+            e.path = e.path or ckpt.path
+            raise
         values: dict[str, np.ndarray] = {}
         changes: list[TensorChange] = []
         warnings: list[str] = []
