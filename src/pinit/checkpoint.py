@@ -86,7 +86,11 @@ def open_checkpoint(path: str | os.PathLike[str], options: LoadOptions | None = 
 
 def _open(path: str, options: LoadOptions) -> Checkpoint:
     p = Path(path)
-    if not p.exists():
+    try:
+        exists = p.exists()
+    except OSError as e:  # a name too long, a symlink loop
+        raise PinitError(f"cannot open: {e.strerror}", path) from None
+    if not exists:
         raise PinitError("no such file or folder", path)
     if p.is_dir():
         return _open_folder(p, options)
@@ -165,13 +169,15 @@ def _open_sharded(index_path: Path, options: LoadOptions) -> Checkpoint:
     folder = index_path.parent.resolve()
     try:
         doc = json.loads(index_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise PinitError(f"shard index is not valid JSON ({e})", str(index_path)) from None
     except OSError as e:
         raise PinitError(f"cannot read shard index: {e.strerror}", str(index_path)) from None
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, nesting, a 5000-digit integer
+        raise PinitError(f"shard index is not valid JSON ({e})", str(index_path)) from None
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise PinitError("shard index has no weight_map of tensor name to shard file", str(index_path))
+    if not weight_map:
+        raise PinitError("shard index lists no tensors (its weight_map is empty)", str(index_path))
     shard_names = list(dict.fromkeys(weight_map.values()))
     shards: list[Checkpoint] = []
     tensors: list[TensorEntry] = []
@@ -205,10 +211,16 @@ def _shard_path(folder: Path, name: str, index_path: Path) -> Path:
     rel = Path(name)
     if rel.is_absolute() or ".." in rel.parts or name != name.strip() or not name:
         raise PinitError(f"shard name '{name}' leaves the checkpoint folder", str(index_path))
-    full = (folder / rel).resolve()
-    if not full.is_relative_to(folder):
-        raise PinitError(f"shard '{name}' is a link that leaves the checkpoint folder", str(index_path))
-    if not full.is_file():
+    if "\0" in name:
+        raise PinitError(f"shard name {name!r} is not a file name", str(index_path))
+    try:
+        full = (folder / rel).resolve()
+        if not full.is_relative_to(folder):
+            raise PinitError(f"shard '{name}' is a link that leaves the checkpoint folder", str(index_path))
+        is_file = full.is_file()
+    except (OSError, RuntimeError) as e:  # a name too long, a symlink loop (RuntimeError before 3.13)
+        raise PinitError(f"shard '{name}' cannot be opened ({e})", str(index_path)) from None
+    if not is_file:
         raise PinitError(f"shard '{name}' named in the index is missing", str(index_path))
     return full
 

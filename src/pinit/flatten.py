@@ -14,6 +14,7 @@ from typing import Any
 from pinit.errors import PinitError
 
 MAX_DEPTH = 200
+MAX_PATHS = 64  # paths that may reach one object (tied references are 2 or 3)
 
 PathKey = Any  # a dict key or a list index
 
@@ -27,6 +28,10 @@ class Leaf:
 
 def _key_text(key: PathKey) -> str:
     if isinstance(key, str):
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:  # a pickled lone surrogate: name it printably ("a\\ud800")
+            return key.encode("utf-8", "backslashreplace").decode("utf-8")
         return key
     if isinstance(key, bool) or key is None or isinstance(key, (int, float)):
         return str(key)
@@ -36,11 +41,27 @@ def _key_text(key: PathKey) -> str:
 
 
 def iter_tensors(obj: Any, is_tensor: Callable[[Any], bool]) -> Iterator[Leaf]:
-    """Yield every tensor under ``obj`` with its flat name and its path of keys."""
+    """Yield every tensor under ``obj`` with its flat name and its path of keys.
+
+    A pickle can refer to one object from many places: ``[x, x]`` nested 40 deep is a few
+    hundred bytes and 2**40 paths.  A shared container without tensors is walked once; a
+    tensor or a container holding tensors reached by more than MAX_PATHS paths is an error.
+    """
     on_path: set[int] = set()
+    no_tensors: set[int] = set()  # containers already walked that hold no tensor
+    reached: dict[int, int] = {}  # object id -> paths that reached it (tensors, containers)
+
+    def count(node: Any, prefix: str) -> None:
+        n = reached[id(node)] = reached.get(id(node), 0) + 1
+        if n > MAX_PATHS:
+            raise PinitError(
+                f"the pickle refers to '{prefix or '<root>'}' from more than {MAX_PATHS} places "
+                "(shared references; a hostile or broken file)"
+            )
 
     def walk(node: Any, path: tuple[PathKey, ...], prefix: str) -> Iterator[Leaf]:
         if is_tensor(node):
+            count(node, prefix)
             yield Leaf(prefix, path, node)
             return
         if isinstance(node, Mapping):
@@ -51,13 +72,22 @@ def iter_tensors(obj: Any, is_tensor: Callable[[Any], bool]) -> Iterator[Leaf]:
             return
         if len(path) >= MAX_DEPTH:
             raise PinitError(f"containers nested deeper than {MAX_DEPTH} levels")
-        if id(node) in on_path:
+        node_id = id(node)
+        if node_id in on_path:
             raise PinitError(f"container '{prefix or '<root>'}' contains itself")
-        on_path.add(id(node))
+        if node_id in no_tensors:
+            return
+        count(node, prefix)
+        on_path.add(node_id)
+        found = False
         for key, child in items:
             text = _key_text(key)
-            yield from walk(child, (*path, key), f"{prefix}.{text}" if prefix else text)
-        on_path.discard(id(node))
+            for leaf in walk(child, (*path, key), f"{prefix}.{text}" if prefix else text):
+                found = True
+                yield leaf
+        on_path.discard(node_id)
+        if not found:
+            no_tensors.add(node_id)
 
     if is_tensor(obj):
         # A bare tensor saved on its own: it has no key, so it is named "tensor".

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 from pinit.checkpoint import Checkpoint
 from pinit.errors import PinitError
-from pinit.flags import DEFAULT_MAX_ABS, ERROR, WARNING, Flag, duplicate_groups, duplicate_message, tied_groups, value_flags
+from pinit.flags import (
+    DEFAULT_MAX_ABS,
+    ERROR,
+    WARNING,
+    Flag,
+    duplicate_groups,
+    duplicate_message,
+    tied_groups,
+    value_flags,
+)
 from pinit.selection import Selector
 from pinit.storage import TensorEntry
 

@@ -160,7 +160,8 @@ def _write_as_torch(
                 t.copy_(_to_torch(raw, str(t.dtype).removeprefix("torch."), tuple(t.shape)))
     with atomic_file(target, backup) as fd, os.fdopen(os.dup(fd), "wb") as f:
         try:
-            torch.save(obj, f)
+            pickler = torch_load.pickle_module_for(load_options.allowed, load_options.unsafe_pickle)
+            torch.save(obj, f, pickle_module=pickler)
         except RuntimeError as e:
             # torch's zip writer turns a failed f.write (disk full, file-size limit) into an
             # opaque RuntimeError ("unexpected pos ..."); surface the OSError so atomic_file

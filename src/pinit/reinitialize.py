@@ -245,6 +245,8 @@ def new_values(shape: Sequence[int], dtype: str, scheme: str, kwargs: dict[str, 
 
     work_dtype = torch.float64 if dtype == "float64" else torch.float32
     t = torch.empty(tuple(shape), dtype=work_dtype)
+    if t.numel() == 0:  # nothing to draw (torch's fan-based schemes would warn on stderr "no-op")
+        return t.to(getattr(torch, dtype))
     fn = getattr(torch.nn.init, f"{scheme}_")
     if scheme == "sparse":
         _sparse_(t, **kwargs, generator=torch.Generator().manual_seed(seed))

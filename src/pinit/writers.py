@@ -51,14 +51,19 @@ def atomic_file(target: str | os.PathLike[str], backup: bool = False) -> Iterato
     """Yield a file descriptor of a temporary file that replaces ``target`` on success.
 
     With ``backup`` an existing target is kept as ``target.bak`` (hard link when
-    possible, so no data is copied).
+    possible, so no data is copied).  A ``target`` that is a symbolic link is written
+    through: the file it points to is replaced and the link is kept, as ``open()`` and
+    ``torch.save`` would do (so ``--out link-to-the-input`` is the same as in place).
     """
+    shown = target  # errors name the path as the user gave it
     target = Path(target)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     folder = target.parent.resolve()
     try:
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".part", dir=folder)
     except OSError as e:
-        raise write_error(target, e) from None
+        raise write_error(shown, e) from None
     try:
         try:
             if target.exists():
@@ -77,7 +82,7 @@ def atomic_file(target: str | os.PathLike[str], backup: bool = False) -> Iterato
         _fsync_dir(folder)
     except OSError as e:
         _unlink(tmp)
-        raise write_error(target, e) from None
+        raise write_error(shown, e) from None
     except BaseException:
         _unlink(tmp)
         raise

@@ -76,11 +76,11 @@ def render(report: Report, fmt: opt.InspectFormat, *, with_stats: bool, values: 
             out.render_markdown(columns, rows)
             print()
             for line in _summary_lines(report):
-                print(f"- {line}")
+                print(f"- {out.printable(line)}")
         else:
             out.render_table(columns, rows, title=f"{report.path} ({report.format})")
             for line in _summary_lines(report):
-                print(line)
+                print(out.printable(line))
 
 
 def _flag_cells(t: TensorReport) -> out.Cell:

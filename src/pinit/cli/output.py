@@ -9,7 +9,9 @@ import csv
 import io
 import json
 import math
+import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -95,8 +97,26 @@ Column = tuple[str, str]  # (header, justify: "left" | "right")
 Cell = tuple[str, str | None]  # (text, rich style or None)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_NAMES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def printable(text: str) -> str:
+    """``text`` for a human-readable line: control characters written as ``\\n``, ``\\t``,
+    ``\\x1b``..., so that a tensor name can neither break a table row nor send escape
+    sequences to the terminal."""
+    return _CONTROL.sub(lambda m: _CONTROL_NAMES.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
+
+
+def display_width(text: str) -> int:
+    """Terminal columns ``text`` takes: wide (CJK, emoji) characters two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
 def render_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], title: str | None = None) -> None:
     """A rich table on a terminal, aligned plain text otherwise."""
+    rows = [[(printable(text), style) for text, style in row] for row in rows]
+    title = printable(title) if title is not None else None
     if stdout_is_terminal():
         from rich import box
         from rich.console import Console
@@ -114,11 +134,12 @@ def render_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], titl
     if title:
         out.write(title + "\n")
     texts = [[h for h, _ in columns]] + [[t for t, _ in row] for row in rows]
-    widths = [max(len(r[i]) for r in texts) for i in range(len(columns))]
+    widths = [max(display_width(r[i]) for r in texts) for i in range(len(columns))]
     for r in texts:
-        cells = [
-            r[i].rjust(widths[i]) if columns[i][1] == "right" else r[i].ljust(widths[i]) for i in range(len(columns))
-        ]
+        cells = []
+        for i, (_, justify) in enumerate(columns):
+            pad = " " * (widths[i] - display_width(r[i]))
+            cells.append(pad + r[i] if justify == "right" else r[i] + pad)
         out.write("  ".join(cells).rstrip() + "\n")
 
 

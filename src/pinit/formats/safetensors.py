@@ -10,7 +10,6 @@ tile the data buffer exactly, in order, with no gap or overlap.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from pinit.errors import PinitError
 from pinit.storage import FileStorage, TensorEntry
 
 MAX_HEADER_BYTES = 100_000_000  # the reference implementation's limit
+MAX_INT64 = (1 << 63) - 1  # torch sizes and numels are int64
 
 
 @dataclass
@@ -43,8 +43,19 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     for key, value in pairs:
         if key in out:
             raise PinitError(f"safetensors header has the key '{key}' twice")
+        if not _is_text(key):
+            raise PinitError(f"safetensors header key {key!r:.100} holds a lone surrogate (\\uD800-\\uDFFF escape)")
         out[key] = value
     return out
+
+
+def _is_text(s: str) -> bool:
+    """False for strings JSON escapes gave lone surrogates: not Unicode text, not UTF-8 writable."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_int(v: Any) -> bool:
@@ -72,6 +83,8 @@ def read_header(fd: int, file_size: int) -> Header:
         raise PinitError("safetensors header JSON is nested too deeply") from None
     except json.JSONDecodeError as e:
         raise PinitError(f"safetensors header is not valid JSON ({e.msg} at byte {e.pos})") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits (int_max_str_digits)
+        raise PinitError(f"safetensors header is not valid JSON ({e})") from None
     if not isinstance(doc, dict):
         raise PinitError("safetensors header is not a JSON object")
     data_start = 8 + n
@@ -80,6 +93,8 @@ def read_header(fd: int, file_size: int) -> Header:
     if metadata is not None:
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise PinitError("safetensors __metadata__ must map strings to strings")
+        if not all(_is_text(v) for v in metadata.values()):
+            raise PinitError("safetensors __metadata__ holds a lone surrogate (\\uD800-\\uDFFF escape)")
     tensors = [_parse_entry(name, info) for name, info in doc.items()]
     tensors.sort(key=lambda t: (t.begin, t.end))
     pos = 0
@@ -103,18 +118,23 @@ def _parse_entry(name: str, info: Any) -> HeaderTensor:
     shape = info.get("shape")
     offsets = info.get("data_offsets")
     if not isinstance(code, str) or code not in dtypes.BY_ST_CODE:
-        raise PinitError(f"safetensors tensor '{name}' has unknown dtype {code!r}")
+        raise PinitError(f"safetensors tensor '{name}' has unknown dtype {code!r:.100}")
     if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
-        raise PinitError(f"safetensors tensor '{name}' has an invalid shape {shape!r}")
+        raise PinitError(f"safetensors tensor '{name}' has an invalid shape {shape!r:.200}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
         or not all(_is_int(o) and o >= 0 for o in offsets)
         or offsets[0] > offsets[1]
     ):
-        raise PinitError(f"safetensors tensor '{name}' has invalid data_offsets {offsets!r}")
+        raise PinitError(f"safetensors tensor '{name}' has invalid data_offsets {offsets!r:.200}")
     dt = dtypes.BY_ST_CODE[code]
-    want = math.prod(shape) * dt.itemsize
+    numel = 1
+    for s in shape:  # a running product, as the reference implementation checks it (and torch needs int64)
+        numel *= s
+        if s > MAX_INT64 or numel > MAX_INT64:
+            raise PinitError(f"safetensors tensor '{name}' has a shape too large for int64 {shape!r:.200}")
+    want = numel * dt.itemsize
     if offsets[1] - offsets[0] != want:
         raise PinitError(
             f"safetensors tensor '{name}' spans {offsets[1] - offsets[0]} bytes but {code}{shape} needs {want}"
@@ -136,4 +156,5 @@ def looks_like_safetensors(head: bytes, file_size: int) -> bool:
     if len(head) < 9:
         return False
     n = int.from_bytes(head[:8], "little")
-    return 0 < n <= file_size - 8 and head[8:9] == b"{"
+    # a length past the end is still safetensors (a cut download): read_header says what is wrong
+    return n > 0 and head[8:9] == b"{"

@@ -17,7 +17,8 @@ import numpy as np
 from pinit import dtypes
 from pinit.errors import PinitError, UnsafeGlobalError
 from pinit.flatten import flatten
-from pinit.formats.pickle_safety import resolve_globals
+from pinit.formats.pickle_safety import DEFAULT_ALLOWED_GLOBALS, resolve_globals
+from pinit.formats.torch_zip import PLACEHOLDER_PICKLE, canonical_global, opaque_class, py2_global
 from pinit.storage import MemoryStorage, TensorEntry
 
 _GLOBAL_RE = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL|global) ([\w.]+)")
@@ -37,21 +38,54 @@ def torch_load(path: str, allowed: frozenset[str], unsafe: bool, mmap: bool) -> 
             warnings.simplefilter("ignore")
             if unsafe:
                 return torch.load(path, **kwargs)
-            with torch.serialization.safe_globals(resolve_globals(sorted(allowed))):
+            with torch.serialization.safe_globals(safe_globals(allowed)):
                 return torch.load(path, **kwargs)
     except pickle.UnpicklingError as e:
         text = str(e)
         m = _GLOBAL_RE.search(text)
         if m and "Weights only load failed" in text:
-            name = m.group(1)  # torch names builtins without their module ("exec")
-            raise UnsafeGlobalError(name if "." in name else f"builtins.{name}") from None
-        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-        raise PinitError(f"cannot unpickle: {first}") from None
-    except PinitError:
+            name = m.group(1)  # torch names builtins without their module ("exec"), others as written
+            name = canonical_global(name if "." in name else f"builtins.{name}")
+            if name in allowed:  # torch refuses os, posix, nt and sys whatever the allowlist says
+                raise PinitError(
+                    f"torch refuses to unpickle global '{name}' even when allowed (its module is blocked); "
+                    "only --unsafe-pickle loads this file (this runs code from the file)",
+                    path,
+                ) from None
+            raise UnsafeGlobalError(name, path) from None
+        # torch's first line is boilerplate ("Weights only load failed. In PyTorch 2.6, ..."); the reason follows
+        why = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
+        first = why.group(1) if why else text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        raise PinitError(f"cannot unpickle: {first}", path) from None
+    except PinitError as e:
+        if e.path is None:
+            e.path = path
         raise
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise PinitError(f"torch could not load it ({type(e).__name__}: {first})") from None
+        raise PinitError(f"torch could not load it ({type(e).__name__}: {first})", path) from None
+
+
+def safe_globals(allowed: frozenset[str]) -> list[Any]:
+    """What torch's ``safe_globals`` gets: the default allowlist's own (data-only) types, and an
+    inert placeholder for each --allow-global name, so torch never calls a global from the file
+    that only the user vouched for (it would call ``builtins.exec`` as readily as a class)."""
+    defaults = sorted(g for g in allowed if g in DEFAULT_ALLOWED_GLOBALS)
+    extra = sorted({canonical_global(g) for g in allowed if g not in DEFAULT_ALLOWED_GLOBALS})
+    out: list[Any] = list(resolve_globals(defaults))
+    for g in extra:  # torch looks names up as the file spells them: register the Python 2 spelling too
+        placeholder = opaque_class(g)
+        out += [(placeholder, name) for name in sorted({g, py2_global(g)})]
+    return out
+
+
+def pickle_module_for(allowed: frozenset[str], unsafe: bool) -> Any:
+    """The pickle module for torch.save of a tree that :func:`torch_load` built."""
+    import pickle
+
+    if unsafe or all(g in DEFAULT_ALLOWED_GLOBALS for g in allowed):
+        return pickle
+    return PLACEHOLDER_PICKLE
 
 
 def is_torch_tensor(x: Any) -> bool:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import _compat_pickle
 import codecs
+import copyreg
 import io
 import os
 import pickle
 import struct
+import types
 import zipfile
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -75,6 +77,7 @@ class Opaque:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.__dict__["_args"] = args
+        self.__dict__["_called"] = True  # built by a call (REDUCE), not by cls.__new__ (NEWOBJ)
 
     def __setstate__(self, state: Any) -> None:
         self.__dict__["_state"] = state
@@ -91,26 +94,76 @@ class Opaque:
     def __repr__(self) -> str:
         return f"<{self._pinit_global}>"
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Pickled back (by PlaceholderPickler) as the global it stands for, built the same way."""
+        d = self.__dict__
+        cls = type(self)
+        func, args = (cls, d["_args"]) if d.get("_called") else (copyreg.__newobj__, (cls, *d["_args"]))
+        items = d.get("_items")
+        listed = iter(d["_list"]) if "_list" in d else None
+        return (func, args, d.get("_state"), listed, iter(items.items()) if items else None)
+
 
 def _opaque_class(full: str) -> type:
     return type(full.rpartition(".")[2], (Opaque,), {"_pinit_global": full})
 
 
+def opaque_class(full: str) -> type:
+    """An inert placeholder class standing for the global ``full`` (``module.Name``)."""
+    return _opaque_class(full)
+
+
+class PlaceholderPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
+    """A pickler that writes each placeholder class back as the global it stands for.
+
+    By name only: the global is neither imported nor called, so a tree that holds
+    placeholders for --allow-global names can be saved again by torch.save.
+    """
+
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        full = getattr(obj, "_pinit_global", None) if isinstance(obj, type) else None
+        if full is None or not issubclass(obj, Opaque):
+            super().save_global(obj, name)
+            return
+        module, _, qualname = full.rpartition(".")
+        self.write(pickle.GLOBAL + f"{module}\n{qualname}\n".encode())
+        self.memoize(obj)
+
+
+# what torch.save(pickle_module=...) needs
+PLACEHOLDER_PICKLE = types.SimpleNamespace(
+    __name__="pinit.placeholder_pickle", Pickler=PlaceholderPickler, dump=pickle.dump, HIGHEST_PROTOCOL=2
+)
+
+
+MAX_INT64 = (1 << 63) - 1  # torch sizes, strides and offsets are int64
+
+
+def _is_int64(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and -MAX_INT64 - 1 <= x <= MAX_INT64
+
+
 def _int_tuple(v: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(v, (tuple, list)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-        raise PinitError(f"invalid tensor {what} {v!r} in pickle")
+    if not isinstance(v, (tuple, list)) or not all(_is_int64(x) for x in v):
+        raise PinitError(f"invalid tensor {what} {v!r:.200} in pickle")
     return tuple(v)
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None = None) -> TensorRef:
     if not isinstance(storage, StorageRef):
         raise PinitError("tensor in pickle without a storage")
-    if not isinstance(offset, int):
+    if not _is_int64(offset):
         raise PinitError("invalid storage offset in pickle")
     dt = dtype or storage.dtype
     if dt is None:
         raise PinitError("untyped storage used without a dtype")
-    return TensorRef(storage, offset, _int_tuple(size, "size"), _int_tuple(stride, "stride"), dt, None)
+    shape = _int_tuple(size, "size")
+    numel = 1
+    for n in shape:  # a running product, as torch computes it: it must stay an int64
+        numel *= n
+        if abs(numel) > MAX_INT64:
+            raise PinitError(f"invalid tensor size {list(shape)!r:.200} in pickle (too many elements)")
+    return TensorRef(storage, offset, shape, _int_tuple(stride, "stride"), dt, None)
 
 
 def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):  # type: ignore[no-untyped-def]
@@ -147,6 +200,13 @@ def _rebuild_from_type_v2(func, new_type, args, state):  # type: ignore[no-untyp
     elif not (isinstance(new_type, _Marker) and new_type.name == "type"):
         raise NeedsTorch("tensor subclass")
     return t
+
+
+def _bytearray(*args: Any) -> bytearray:
+    # bytearray(n) allocates and zeroes n bytes: a few pickle bytes must not ask for gigabytes
+    if args and isinstance(args[0], int):
+        raise PinitError("bytearray of a given size in pickle (only bytearrays holding data are read)")
+    return bytearray(*args)
 
 
 def _needs_torch(*_args: Any, **_kw: Any) -> Any:
@@ -205,7 +265,7 @@ _PLAIN: dict[str, Any] = {
     "collections.OrderedDict": OrderedDict,
     "collections.Counter": Counter,
     "builtins.set": set,
-    "builtins.bytearray": bytearray,
+    "builtins.bytearray": _bytearray,
     "builtins.complex": complex,
     "_codecs.encode": _codecs_encode,
     "torch.Size": tuple,
@@ -233,8 +293,33 @@ for _qs in (
     _PLAIN[f"torch.{_qs}"] = _Marker("qscheme", _qs)
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that builds only plain data and placeholders; it calls nothing foreign."""
+def canonical_global(full: str) -> str:
+    """``module.Name`` as Python 3 names it: protocol-2 pickles write ``__builtin__.eval``, ``commands.run``."""
+    module, _, name = full.rpartition(".")
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
+def py2_global(full: str) -> str:
+    """``module.Name`` as a protocol-2 pickle writes it (``subprocess.run`` -> ``commands.run``)."""
+    module, _, name = full.rpartition(".")
+    if (module, name) in _compat_pickle.REVERSE_NAME_MAPPING:
+        module, name = _compat_pickle.REVERSE_NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.REVERSE_IMPORT_MAPPING:
+        module = _compat_pickle.REVERSE_IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
+class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+    """An unpickler that builds only plain data and placeholders; it calls nothing foreign.
+
+    Built on pickle's pure-Python unpickler, whose memo is a dict: the C unpickler sizes its
+    memo array from the index a PUT names, so a 30-byte pickle (``LONG_BINPUT 2**31``) made
+    it allocate and zero 16 GiB.
+    """
 
     def __init__(self, file: io.BufferedIOBase, allowed: frozenset[str]) -> None:
         super().__init__(file)
@@ -243,16 +328,12 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         # Protocol-2 pickles (torch.save's default) name Python 2 modules such as
         # ``__builtin__``; map them as pickle's own find_class does (fix_imports).
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
-        full = f"{module}.{name}"
+        full = canonical_global(f"{module}.{name}")
         if full in _REBUILDERS:
             return _REBUILDERS[full]
         if full in _PLAIN:
             return _PLAIN[full]
-        if full in self.allowed:
+        if full in self.allowed or f"{module}.{name}" in self.allowed:
             return _opaque_class(full)
         raise UnsafeGlobalError(full)
 
