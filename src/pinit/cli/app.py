@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -46,4 +47,7 @@ app.command("schemes")(schemes_cmd.schemes)
 
 def main() -> None:
     """Console-script entry point."""
+    # pinit runs its own worker threads; BLAS threads inside each would only compete for the
+    # two cores (numpy is imported later, so this still applies). A user's setting wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     app()
