@@ -3,7 +3,9 @@
     python benchmarks/bench.py            # ~2 GB fp32 and ~1 GB bf16 checkpoints (needs ~7 GB of disk)
     python benchmarks/bench.py --small    # ~200 MB / ~100 MB, a quick run
 
-Synthetic checkpoints are generated once under benchmarks/data/ (git-ignored). Every
+Synthetic checkpoints are generated once under benchmarks/data/ (git-ignored). Every process
+runs with OPENBLAS_NUM_THREADS=1, as the pinit CLI sets it for itself (the naive script's torch
+does not use OpenBLAS threads; pinit's statistics run their own two worker threads). Every
 measurement is a separate process, run `--repeats` times, interleaved with its baseline,
 and the median is reported: work time (measured inside the process), whole-process wall
 time, and peak RSS (from wait4). The table of ratios is printed and written to
@@ -102,8 +104,9 @@ class Case:
 
 def run_rss(cmd: list[str]) -> Run:
     """Run a process: wall time, the WORK line it prints (work time, bytes), peak RSS from wait4."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     assert p.stdout is not None
     out_b = p.stdout.read()
     _, status, usage = os.wait4(p.pid, 0)
