@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pinit import dtypes
 from pinit.errors import PinitError
 from pinit.flatten import flatten
 from pinit.formats import safetensors as st
@@ -223,7 +222,3 @@ def _shard_path(folder: Path, name: str, index_path: Path) -> Path:
     if not is_file:
         raise PinitError(f"shard '{name}' named in the index is missing", str(index_path))
     return full
-
-
-def dtype_of(entry: TensorEntry) -> dtypes.DType:
-    return dtypes.get(entry.dtype)

@@ -163,10 +163,6 @@ def render_csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     sys.stdout.write(buf.getvalue())
 
 
-def styled(text: str, style: str | None) -> Cell:
-    return (text, style)
-
-
 @contextmanager
 def progress_bar(
     total_bytes: int, description: str, quiet: bool, count: int = 0

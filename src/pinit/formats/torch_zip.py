@@ -104,13 +104,9 @@ class Opaque:
         return (func, args, d.get("_state"), listed, iter(items.items()) if items else None)
 
 
-def _opaque_class(full: str) -> type:
-    return type(full.rpartition(".")[2], (Opaque,), {"_pinit_global": full})
-
-
 def opaque_class(full: str) -> type:
     """An inert placeholder class standing for the global ``full`` (``module.Name``)."""
-    return _opaque_class(full)
+    return type(full.rpartition(".")[2], (Opaque,), {"_pinit_global": full})
 
 
 class PlaceholderPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
@@ -334,7 +330,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
         if full in _PLAIN:
             return _PLAIN[full]
         if full in self.allowed or f"{module}.{name}" in self.allowed:
-            return _opaque_class(full)
+            return opaque_class(full)
         raise UnsafeGlobalError(full)
 
     def persistent_load(self, pid: Any) -> Any:
