@@ -200,3 +200,31 @@ def test_sample_legacy_checkpoint_loads(samples: Path) -> None:
     r = run_cli("inspect", samples / "legacy.pt", "--format", "json")
     assert r.exit_code == 0, r.stderr
     assert r.json()["summary"]["tensors"] > 0
+
+
+def test_legacy_bytearray_bomb_is_refused_before_torch_reads_it(tmp_path):
+    """torch's own weights_only loader admits ``bytearray(n)``; pinit's pre-scan of legacy
+    pickles refuses it, so a few bytes cannot make the process allocate gigabytes."""
+    import io
+    import pickle
+    import resource
+    import subprocess
+    import sys
+
+    hdr = io.BytesIO()
+    pickle.dump(0x1950A86A20F9469CFC6C, hdr, protocol=2)
+    pickle.dump(1001, hdr, protocol=2)
+    pickle.dump({"protocol_version": 1001, "little_endian": True, "type_sizes": {}}, hdr, protocol=2)
+    bomb = b"\x80\x02c__builtin__\nbytearray\n\x8a\x05\x00\x00\x00\x80\x00\x85R."  # bytearray(2**31)
+    f = tmp_path / "bomb.pt"
+    f.write_bytes(hdr.getvalue() + bomb + pickle.dumps([], protocol=2))
+
+    def limit() -> None:  # 2 GiB would not fit: the old behaviour dies or allocates
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    p = subprocess.run(
+        [sys.executable, "-m", "pinit", "inspect", str(f)], capture_output=True, text=True, preexec_fn=limit
+    )
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "bytearray" in lines[0], p.stderr

@@ -18,7 +18,14 @@ from pinit import dtypes
 from pinit.errors import PinitError, UnsafeGlobalError
 from pinit.flatten import flatten
 from pinit.formats.pickle_safety import DEFAULT_ALLOWED_GLOBALS, resolve_globals
-from pinit.formats.torch_zip import PLACEHOLDER_PICKLE, canonical_global, opaque_class, py2_global
+from pinit.formats.torch_zip import (
+    PLACEHOLDER_PICKLE,
+    NeedsTorch,
+    canonical_global,
+    opaque_class,
+    prescan_legacy,
+    py2_global,
+)
 from pinit.storage import MemoryStorage, TensorEntry
 
 _GLOBAL_RE = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL|global) ([\w.]+)")
@@ -30,6 +37,17 @@ def torch_load(path: str, allowed: frozenset[str], unsafe: bool, mmap: bool) -> 
 
     import torch
 
+    if not unsafe:
+        with open(path, "rb") as f:
+            legacy = not f.read(4).startswith(b"PK\x03\x04")
+        if legacy:
+            try:
+                prescan_legacy(path, allowed)
+            except NeedsTorch:  # quantized storages and the like: torch's loader decides
+                pass
+            except PinitError as e:
+                e.path = e.path or path
+                raise
     kwargs: dict[str, Any] = {"map_location": "cpu", "weights_only": not unsafe}
     if mmap:
         kwargs["mmap"] = True

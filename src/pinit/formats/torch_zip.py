@@ -346,6 +346,36 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
         return StorageRef(key, kind.value, numel)
 
 
+class _LegacyScanUnpickler(RestrictedUnpickler):
+    """The restricted unpickler for the object pickle of a legacy (non-zip) torch file, whose
+    storage references are ``('storage', type, key, location, numel, view_metadata)``."""
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
+            raise PinitError(f"unexpected persistent id in pickle: {pid!r:.80}")
+        return super().persistent_load(pid[:5])
+
+
+def prescan_legacy(path: str, allowed: frozenset[str]) -> None:
+    """Unpickle a legacy torch file's pickles with the restricted unpickler, building nothing
+    but placeholders, before torch's own ``weights_only`` loader reads it: every global is
+    checked by pinit's rules, and what torch would admit but pinit refuses (``bytearray(n)``
+    allocating gigabytes from a few bytes) is refused first."""
+    try:
+        with open(path, "rb") as f:
+            for _ in range(3):  # magic number, protocol version, system info
+                RestrictedUnpickler(f, allowed).load()
+            _LegacyScanUnpickler(f, allowed).load()
+    except (PinitError, NeedsTorch):
+        raise
+    except RecursionError:
+        raise PinitError("pickle nested too deeply") from None
+    except MemoryError:
+        raise PinitError("pickle asks for more memory than is available") from None
+    except Exception as e:  # a malformed pickle: EOF, bad opcode, wrong types for the placeholders
+        raise PinitError(f"cannot read the pickle ({type(e).__name__}: {e})") from None
+
+
 def unpickle(data: bytes, allowed: frozenset[str]) -> Any:
     try:
         return RestrictedUnpickler(io.BytesIO(data), allowed).load()
