@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,27 @@ def run_subprocess(*args: str | os.PathLike[str], env: dict[str, str] | None = N
         timeout=120,
     )
     return Result(p.returncode, p.stdout, p.stderr)
+
+
+def run_timed(*args: str | os.PathLike[str], limit_s: float = 2.0) -> Result:
+    """``run_cli`` that also fails when one run takes longer than ``limit_s`` (a hang, in fuzzing)."""
+    start = time.monotonic()
+    r = run_cli(*args)
+    elapsed = time.monotonic() - start
+    assert elapsed < limit_s, f"pinit {args} took {elapsed:.1f} s"
+    return r
+
+
+def assert_clean(r: Result) -> None:
+    """Exit 0, or exit 2 with exactly one ``error:`` line; nothing that looks like a crash."""
+    assert "Traceback" not in r.stderr, r.stderr
+    assert "internal error" not in r.stderr, r.stderr
+    if r.exit_code == 0:
+        return
+    assert r.exit_code == 2, (r.exit_code, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert r.stdout == "", r.stdout
 
 
 def assert_one_error_line(result: Result) -> None:

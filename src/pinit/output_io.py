@@ -150,7 +150,7 @@ def _write_as_torch(
             warnings.append("torch files have no metadata: the safetensors __metadata__ is dropped")
         obj = {}
         for e in ckpt.tensors:
-            raw = np.array(e.read_bytes()) if e.name not in values else values[e.name]
+            raw = values[e.name] if e.name in values else e.read_bytes()  # _to_torch copies it
             obj[e.name] = _to_torch(raw, e.dtype, e.shape)
         tensors = obj
     with torch.no_grad():

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from conftest import Result, run_cli
+from conftest import assert_clean, run_timed
 from pinit import dtypes
 from pinit.errors import PinitError
 from pinit.formats.safetensors import read_header
@@ -41,7 +41,6 @@ SETTINGS = {
     "database": None,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 }
-TIME_LIMIT_S = 2.0
 CODES = sorted(dtypes.BY_ST_CODE)  # the safetensors dtype codes pinit reads
 ITEMSIZE = {code: dtypes.BY_ST_CODE[code].itemsize for code in CODES}
 
@@ -87,26 +86,6 @@ def write(work: Path, data: bytes, name: str = "case.safetensors") -> Path:
     path = work / name
     path.write_bytes(data)
     return path
-
-
-def run_timed(*args: str | os.PathLike[str]) -> Result:
-    start = time.monotonic()
-    r = run_cli(*args)
-    elapsed = time.monotonic() - start
-    assert elapsed < TIME_LIMIT_S, f"pinit {args} took {elapsed:.1f} s"
-    return r
-
-
-def assert_clean(r: Result) -> None:
-    """Exit 0, or exit 2 with exactly one ``error:`` line; nothing that looks like a crash."""
-    assert "Traceback" not in r.stderr, r.stderr
-    assert "internal error" not in r.stderr, r.stderr
-    if r.exit_code == 0:
-        return
-    assert r.exit_code == 2, (r.exit_code, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
-    assert r.stdout == "", r.stdout
 
 
 def reference_listing(path: Path) -> dict[str, tuple[str, list[int]]] | None:

@@ -29,7 +29,6 @@ import resource
 import struct
 import subprocess
 import sys
-import time
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -41,7 +40,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Result, run_cli
+from conftest import Result, assert_clean, run_cli, run_timed
 
 SETTINGS = {
     "derandomize": True,
@@ -49,7 +48,6 @@ SETTINGS = {
     "database": None,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 }
-TIME_LIMIT_S = 2.0
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int8, torch.uint8, torch.bool]
 MAX_INT64 = 2**63 - 1
 
@@ -60,26 +58,6 @@ MAX_INT64 = 2**63 - 1
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fuzz_torch")
-
-
-def run_timed(*args: str | os.PathLike[str]) -> Result:
-    start = time.monotonic()
-    r = run_cli(*args)
-    elapsed = time.monotonic() - start
-    assert elapsed < TIME_LIMIT_S, f"pinit {args} took {elapsed:.1f} s"
-    return r
-
-
-def assert_clean(r: Result) -> None:
-    """Exit 0, or exit 2 with exactly one ``error:`` line; nothing that looks like a crash."""
-    assert "Traceback" not in r.stderr, r.stderr
-    assert "internal error" not in r.stderr, r.stderr
-    if r.exit_code == 0:
-        return
-    assert r.exit_code == 2, (r.exit_code, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
-    assert r.stdout == ""
 
 
 def inspect(path: Path, table: bool = True) -> dict[str, Any] | None:

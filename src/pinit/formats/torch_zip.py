@@ -289,24 +289,23 @@ for _qs in (
     _PLAIN[f"torch.{_qs}"] = _Marker("qscheme", _qs)
 
 
+def _remap(full: str, names: dict[tuple[str, str], tuple[str, str]], modules: dict[str, str]) -> str:
+    module, _, name = full.rpartition(".")
+    if (module, name) in names:
+        module, name = names[(module, name)]
+    elif module in modules:
+        module = modules[module]
+    return f"{module}.{name}"
+
+
 def canonical_global(full: str) -> str:
     """``module.Name`` as Python 3 names it: protocol-2 pickles write ``__builtin__.eval``, ``commands.run``."""
-    module, _, name = full.rpartition(".")
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-    elif module in _compat_pickle.IMPORT_MAPPING:
-        module = _compat_pickle.IMPORT_MAPPING[module]
-    return f"{module}.{name}"
+    return _remap(full, _compat_pickle.NAME_MAPPING, _compat_pickle.IMPORT_MAPPING)
 
 
 def py2_global(full: str) -> str:
     """``module.Name`` as a protocol-2 pickle writes it (``subprocess.run`` -> ``commands.run``)."""
-    module, _, name = full.rpartition(".")
-    if (module, name) in _compat_pickle.REVERSE_NAME_MAPPING:
-        module, name = _compat_pickle.REVERSE_NAME_MAPPING[(module, name)]
-    elif module in _compat_pickle.REVERSE_IMPORT_MAPPING:
-        module = _compat_pickle.REVERSE_IMPORT_MAPPING[module]
-    return f"{module}.{name}"
+    return _remap(full, _compat_pickle.REVERSE_NAME_MAPPING, _compat_pickle.REVERSE_IMPORT_MAPPING)
 
 
 class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
