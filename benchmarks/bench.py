@@ -105,6 +105,7 @@ class Case:
 def run_rss(cmd: list[str]) -> Run:
     """Run a process: wall time, the WORK line it prints (work time, bytes), peak RSS from wait4."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
+    os.sync()  # no run pays for the write-back of an earlier run's output
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     assert p.stdout is not None
@@ -203,6 +204,27 @@ print(f"WORK {time.perf_counter() - t0} 0")
 """
 
 
+def describe_machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (OSError, ValueError):
+        mem = float("nan")
+    kernel = subprocess.run(
+        [PY, "-c", "from pinit.stats import kernel_available; print(kernel_available())"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return (
+        f"{cpu} ({platform.machine()}), {os.cpu_count()} cores, {mem:.0f} GiB RAM, "
+        f"Python {platform.python_version()}, pinit C kernel built: {kernel}"
+    )
+
+
 def interleave(cases: list[tuple[Case, list[str]]], repeats: int) -> None:
     for _ in range(repeats):
         for case, cmd in cases:
@@ -213,7 +235,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="small files for a quick run")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json", default=str(HERE / "results.json"))
+    ap.add_argument("--json", help="where to write the results (default: benchmarks/results.json after a full run)")
+    ap.add_argument(
+        "--only", default="stats,listing,reinit,check", help="comma-separated parts to run (default: all of them)"
+    )
     ap.add_argument("--make-data", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make_data:  # run in a child, so that this process never holds the data (wait4's
@@ -228,15 +253,21 @@ def main() -> None:
     def cat(path: Path) -> None:  # warm the page cache: the notes measure with a warm cache
         subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # (keeps our RSS small)
 
+    parts = set(args.only.split(","))
+    if parts - {"stats", "listing", "reinit", "check"}:
+        ap.error(f"--only takes stats, listing, reinit, check; not {args.only}")
+
     # 1. statistics: pinit inspect vs the naive script, per file
-    for key in ("fp32.safetensors", "fp32.pt", "bf16.safetensors", "bf16.pt"):
+    for key in ("fp32.safetensors", "fp32.pt", "bf16.safetensors", "bf16.pt") if "stats" in parts else ():
         f = files[key]
         cat(f)
         naive, ours, whole = Case("naive"), Case("pinit"), Case("pinit inspect (CLI)")
+        fallback = Case("pinit without its C kernel")
         interleave(
             [
                 (naive, [PY, "-c", NAIVE_STATS, str(f)]),
                 (ours, [PY, "-c", PINIT_STATS, str(f)]),
+                (fallback, ["env", "PINIT_NO_KERNEL=1", PY, "-c", PINIT_STATS, str(f)]),
                 (whole, [*pinit, "inspect", str(f), "--format", "json", "--quiet"]),
             ],
             args.repeats,
@@ -248,6 +279,8 @@ def main() -> None:
                 "naive GB/s": gb / naive.med("work"),
                 "pinit GB/s": gb / ours.med("work"),
                 "speedup (work)": naive.med("work") / ours.med("work"),
+                "numpy fallback GB/s": gb / fallback.med("work"),
+                "fallback speedup (work)": naive.med("work") / fallback.med("work"),
                 "naive process s": naive.med("wall"),
                 "pinit inspect process s": whole.med("wall"),
                 "speedup (process)": naive.med("wall") / whole.med("wall"),
@@ -257,88 +290,88 @@ def main() -> None:
         )
 
     # 2. header-only listing and --help against `import typer, rich`
-    base, helpc = Case("import typer, rich"), Case("pinit --help")
-    cases = [(base, [PY, "-c", "import typer, rich"]), (helpc, [*pinit, "--help"])]
-    listing = {}
-    for key in ("1MB.safetensors", "fp32.safetensors", "1MB.pt", "fp32.pt"):
-        listing[key] = Case(f"--no-stats {key}")
-        cases.append((listing[key], [*pinit, "inspect", str(files[key]), "--no-stats", "--format", "json"]))
-    interleave(cases, args.repeats)
-    rows.append(
-        {
-            "case": "pinit --help",
-            "baseline s (import typer, rich)": base.med("wall"),
-            "pinit s": helpc.med("wall"),
-            "ratio": helpc.med("wall") / base.med("wall"),
-        }
-    )
-    for key, c in listing.items():
+    if "listing" in parts:
+        base, helpc = Case("import typer, rich"), Case("pinit --help")
+        cases = [(base, [PY, "-c", "import typer, rich"]), (helpc, [*pinit, "--help"])]
+        listing = {}
+        for key in ("1MB.safetensors", "fp32.safetensors", "1MB.pt", "fp32.pt"):
+            listing[key] = Case(f"--no-stats {key}")
+            cases.append((listing[key], [*pinit, "inspect", str(files[key]), "--no-stats", "--format", "json"]))
+        interleave(cases, args.repeats)
         rows.append(
             {
-                "case": f"inspect --no-stats {key}",
+                "case": "pinit --help",
                 "baseline s (import typer, rich)": base.med("wall"),
-                "pinit s": c.med("wall"),
-                "ratio": c.med("wall") / base.med("wall"),
-                "pinit peak RSS MB": c.med("rss_mb"),
+                "pinit s": helpc.med("wall"),
+                "ratio": helpc.med("wall") / base.med("wall"),
             }
         )
-
-    # 3. reinit of one 16 MB tensor of the fp32 safetensors file
-    src = files["fp32.safetensors"]
-    cat(src)
-    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
-        t = Path(tmp)
-        naive, copy, new, inplace = Case("load+init+save"), Case("copy+import torch"), Case("new"), Case("in place")
-        work_copy = t / "inplace.safetensors"
-        shutil.copyfile(src, work_copy)
-        for _ in range(args.repeats):
-            naive.runs.append(run_rss([PY, "-c", NAIVE_REINIT, str(src), str(t / "naive.safetensors"), "head.small"]))
-            copy.runs.append(run_rss([PY, "-c", COPY_PLUS_TORCH, str(src), str(t / "copy.safetensors")]))
-            new.runs.append(
-                run_rss(
-                    [*pinit, "reinit", str(src), "--match", "^head.small$", "--scheme", "normal", "--seed", "0",
-                     "--out", str(t / "new.safetensors"), "--quiet"]
-                )
-            )  # fmt: skip
-            inplace.runs.append(
-                run_rss(
-                    [*pinit, "reinit", str(work_copy), "--match", "^head.small$", "--scheme", "normal", "--seed", "0",
-                     "--quiet"]
-                )
-            )  # fmt: skip
-        for label, c in (("to a new file", new), ("in place", inplace)):
+        for key, c in listing.items():
             rows.append(
                 {
-                    "case": f"reinit one 16 MB tensor of {src.stat().st_size / 1e9:.2f} GB, {label}",
-                    "load+init+save s": naive.med("wall"),
-                    "copy + import torch s": copy.med("wall"),
+                    "case": f"inspect --no-stats {key}",
+                    "baseline s (import typer, rich)": base.med("wall"),
                     "pinit s": c.med("wall"),
-                    "ratio vs copy+import": c.med("wall") / copy.med("wall"),
-                    "speedup vs load+save": naive.med("wall") / c.med("wall"),
-                    "naive peak RSS MB": naive.med("rss_mb"),
+                    "ratio": c.med("wall") / base.med("wall"),
                     "pinit peak RSS MB": c.med("rss_mb"),
                 }
             )
 
-    # 4. check over a folder of 50 small checkpoints, one process
-    folder = make_folder(50)  # made by the child above
-    naive, ours = Case("naive check"), Case("pinit check")
-    interleave(
-        [(naive, [PY, "-c", NAIVE_CHECK, str(folder)]), (ours, [*pinit, "check", str(folder), "--format", "json"])],
-        args.repeats,
-    )
-    rows.append(
-        {
-            "case": "check a folder of 50 small checkpoints",
-            "naive s": naive.med("wall"),
-            "pinit s": ours.med("wall"),
-            "speedup": naive.med("wall") / ours.med("wall"),
-        }
-    )
+    # 3. reinit of one 16 MB tensor of the fp32 safetensors file
+    if "reinit" in parts:
+        src = files["fp32.safetensors"]
+        cat(src)
+        with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+            t = Path(tmp)
+            naive, copy, new, inplace = Case("load+init+save"), Case("copy+import torch"), Case("new"), Case("in place")
+            work_copy = t / "inplace.safetensors"
+            shutil.copyfile(src, work_copy)
+            for _ in range(args.repeats):
+                for out in ("naive", "copy", "new"):  # overwriting a 2 GB file costs its own second (discard)
+                    (t / f"{out}.safetensors").unlink(missing_ok=True)
+                naive.runs.append(
+                    run_rss([PY, "-c", NAIVE_REINIT, str(src), str(t / "naive.safetensors"), "head.small"])
+                )
+                copy.runs.append(run_rss([PY, "-c", COPY_PLUS_TORCH, str(src), str(t / "copy.safetensors")]))
+                sel = ["--match", "^head.small$", "--scheme", "normal", "--seed", "0", "--quiet"]
+                new.runs.append(run_rss([*pinit, "reinit", str(src), *sel, "--out", str(t / "new.safetensors")]))
+                inplace.runs.append(run_rss([*pinit, "reinit", str(work_copy), *sel]))
+            for label, c in (("to a new file", new), ("in place", inplace)):
+                rows.append(
+                    {
+                        "case": f"reinit one 16 MB tensor of {src.stat().st_size / 1e9:.2f} GB, {label}",
+                        "load+init+save s": naive.med("wall"),
+                        "copy + import torch s": copy.med("wall"),
+                        "pinit s": c.med("wall"),
+                        "ratio vs copy+import": c.med("wall") / copy.med("wall"),
+                        "speedup vs load+save": naive.med("wall") / c.med("wall"),
+                        "naive peak RSS MB": naive.med("rss_mb"),
+                        "pinit peak RSS MB": c.med("rss_mb"),
+                    }
+                )
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    # 4. check over a folder of 50 small checkpoints, one process
+    if "check" in parts:
+        folder = make_folder(50)  # made by the child above
+        naive, ours = Case("naive check"), Case("pinit check")
+        interleave(
+            [(naive, [PY, "-c", NAIVE_CHECK, str(folder)]), (ours, [*pinit, "check", str(folder), "--format", "json"])],
+            args.repeats,
+        )
+        rows.append(
+            {
+                "case": "check a folder of 50 small checkpoints",
+                "naive s": naive.med("wall"),
+                "pinit s": ours.med("wall"),
+                "speedup": naive.med("wall") / ours.med("wall"),
+            }
+        )
+
+    machine = describe_machine()
     doc = {"machine": machine, "small": args.small, "repeats": args.repeats, "rows": rows}
-    Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    out = args.json or (str(HERE / "results.json") if parts == {"stats", "listing", "reinit", "check"} else None)
+    if out:
+        Path(out).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"machine: {machine}; medians of {args.repeats} interleaved runs; page cache warm")
     for r in rows:
         print(f"\n{r['case']}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import pathlib
@@ -764,25 +765,27 @@ def fail_on_call(real: Any, n: int, partial: Any) -> Any:
     return wrapper
 
 
-@pytest.mark.parametrize("func", ["write_all", "copy_range"])
+@pytest.mark.parametrize("func", ["pwrite_all", "copy_span"])
 @pytest.mark.parametrize("mode", ["in_place", "out", "backup"])
 def test_safetensors_write_failure_midway_leaves_original(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, func: str, mode: str
 ) -> None:
+    """ENOSPC half-way through the header or new bytes (pwrite_all), or through the kernel copy
+    of unchanged bytes in the writer's second thread (copy_span)."""
     src = tmp_path / "model.safetensors"
     save_file(mixed_tensors(), str(src), metadata={"format": "pt"})
     before = snapshot(tmp_path)
-    real_write_all, real_copy_range = pinit.writers.write_all, pinit.writers.copy_range
-    if func == "write_all":
+    real_pwrite_all, real_copy_span = pinit.writers.pwrite_all, pinit.writers.copy_span
+    if func == "pwrite_all":
         wrapper = fail_on_call(
-            real_write_all, 2, lambda fd, data: real_write_all(fd, memoryview(data)[: len(data) // 2])
+            real_pwrite_all, 2, lambda fd, data, at: real_pwrite_all(fd, memoryview(data)[: len(data) // 2], at)
         )
     else:
-        wrapper = fail_on_call(real_copy_range, 2, lambda s, off, n, d: real_copy_range(s, off, n // 2, d))
+        wrapper = fail_on_call(real_copy_span, 1, lambda s, off, n, d, at: real_copy_span(s, off, n // 2, d, at))
     monkeypatch.setattr(pinit.writers, func, wrapper)
     extra = {"in_place": [], "out": ["--out", tmp_path / "new.safetensors"], "backup": ["--backup"]}[mode]
     r = run_cli("reinit", src, "--match", r"^layer\.0\.weight$", "--scheme", "normal", "--seed", "0", *extra)
-    assert wrapper.calls["n"] >= 2, "the failure was not reached"
+    assert wrapper.calls["n"] >= (2 if func == "pwrite_all" else 1), "the failure was not reached"
     assert_one_error_line(r)
     assert "No space left on device" in r.stderr
     target = "new.safetensors" if mode == "out" else "model.safetensors"
@@ -974,3 +977,82 @@ def read_st_header(path: Path) -> tuple[int, dict[str, str] | None, dict[str, An
         header = json.loads(f.read(n))
     meta = header.pop("__metadata__", None)
     return n, meta, header
+
+
+# the safetensors writer copies unchanged bytes in a second thread while new values are computed
+
+
+@pytest.mark.parametrize("exc", [pinit.PinitError("scheme exploded"), KeyboardInterrupt()])
+@pytest.mark.parametrize("mode", ["in_place", "out"])
+def test_failure_while_new_values_are_computed_leaves_original(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: BaseException, mode: str
+) -> None:
+    """new values fail (or Ctrl-C) while the copy thread is writing: the thread is stopped and
+    joined, the temporary file removed, and the original is untouched."""
+    import pinit.reinitialize
+
+    src = tmp_path / "model.safetensors"
+    save_file(mixed_tensors(), str(src))
+    before = snapshot(tmp_path)
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise exc
+
+    monkeypatch.setattr(pinit.reinitialize, "new_values", boom)
+    out = {"in_place": None, "out": tmp_path / "new.safetensors"}[mode]
+    with pytest.raises(type(exc)):
+        pinit.reinit(src, match=[r"^layer\.0\.weight$"], scheme="normal", seed=0, out=out)
+    assert not [t for t in __import__("threading").enumerate() if t.name == "pinit-copy"]
+    assert snapshot(tmp_path) == before
+
+
+def test_writer_output_equals_save_file_for_every_layout(tmp_path: Path) -> None:
+    """Unchanged tensors before, between and after the changed ones; tied, strided and empty
+    tensors from a .pt source: the streamed file equals safetensors' own save_file of the same
+    tensors (header order aside, compared through safetensors' loader) and its data section is
+    laid out contiguously in header order."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 5, generator=g)
+    tensors: dict[str, torch.Tensor] = {
+        "a": torch.randn(3, 4, generator=g),
+        "b.weight": torch.randn(7, 3, generator=g),
+        "c": base.t(),  # strided view
+        "d": torch.zeros(0, 3),
+        "e.weight": torch.randn(2, 2, generator=g).to(torch.bfloat16),
+        "f": torch.arange(10, dtype=torch.int64),
+    }
+    src = tmp_path / "model.pt"
+    torch.save(tensors, src)
+    out = tmp_path / "out.safetensors"
+    res = pinit.reinit(src, match=[r"weight$"], scheme="normal", seed=3, out=out, provenance=False)
+    assert sorted(c.name for c in res.changes) == ["b.weight", "e.weight"]
+    from safetensors.torch import load_file
+
+    got = load_file(str(out))
+    for name, t in tensors.items():
+        if name.endswith("weight"):
+            assert got[name].dtype == t.dtype and got[name].shape == t.shape
+            assert not torch.equal(got[name], t)
+        else:
+            assert torch.equal(got[name], t.contiguous()), name
+    raw = out.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    offsets = [v["data_offsets"] for k, v in header.items() if k != "__metadata__"]
+    assert offsets[0][0] == 0 and all(a[1] == b[0] for a, b in itertools.pairwise(offsets))
+    assert offsets[-1][1] == len(raw) - 8 - n
+
+
+def test_cli_output_is_complete_when_torch_was_loaded(tmp_path: Path) -> None:
+    """The CLI exits without the interpreter's teardown once torch is loaded: what it printed
+    must still all arrive, through a pipe, with the right exit code."""
+    from conftest import run_subprocess
+
+    src = tmp_path / "model.pt"
+    torch.save({f"layer.{i}.weight": torch.ones(2, 2) for i in range(3000)}, src)  # JSON far over a pipe's 64 KB
+    r = run_subprocess("reinit", src, "--match", ".", "--scheme", "normal", "--seed", "1", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    doc = r.json()
+    assert len(doc["tensors"]) == 3000
+    r = run_subprocess("reinit", src, "--match", "^nothing$", "--scheme", "normal")
+    assert r.exit_code == 2 and r.stderr.startswith("error:")

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+import pinit.stats
 from conftest import run_cli
 from pinit import open_checkpoint
 from pinit.stats import compute_stats
@@ -37,7 +38,7 @@ HYP = settings(
     deadline=None,
     derandomize=True,
     database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
 
 # Raw-bit views: (unsigned numpy type for random bits, signed torch type of the same width to view from).
@@ -52,6 +53,16 @@ BITS = {
 
 def dname(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+@pytest.fixture(autouse=True, params=["kernel", "numpy"])
+def stats_path(request, monkeypatch):
+    """Every test here runs twice: with pinit's C kernel and with its numpy fallback."""
+    if request.param == "numpy":
+        monkeypatch.setattr(pinit.stats, "_kernel", None)
+    elif not pinit.stats.kernel_available():
+        pytest.skip("pinit._kernel is not built (test_kernel.py fails on this in CI)")
+    return request.param
 
 
 # ---------------------------------------------------------------- reference

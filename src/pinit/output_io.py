@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,27 @@ def output_format(ckpt: Checkpoint, out: str | os.PathLike[str] | None) -> str:
     return "safetensors" if os.fspath(out).endswith(".safetensors") else "torch"
 
 
+@dataclass
+class PendingValues:
+    """New tensor bytes known by name first and computed on demand, so that a writer can copy
+    the unchanged data while they are computed (which starts with a second of ``import torch``)."""
+
+    names: frozenset[str]
+    compute: Callable[[], Mapping[str, np.ndarray]]
+    _values: Mapping[str, np.ndarray] | None = None
+
+    def get(self) -> Mapping[str, np.ndarray]:
+        if self._values is None:
+            self._values = self.compute()
+        return self._values
+
+
+Values = Mapping[str, np.ndarray] | PendingValues
+
+
 def write_checkpoint(
     ckpt: Checkpoint,
-    values: Mapping[str, np.ndarray],
+    values: Values,
     *,
     out: str | os.PathLike[str] | None,
     backup: bool,
@@ -49,6 +68,8 @@ def write_checkpoint(
     warnings: list[str] = []
     fmt = output_format(ckpt, out)
     if fmt == "sharded":
+        if isinstance(values, PendingValues):
+            values = values.get()
         return _write_sharded(ckpt, values, out, backup, provenance, load_options, warnings), fmt, warnings
     target = os.fspath(out) if out is not None else ckpt.path
     _write_file(ckpt, values, target, fmt, backup, provenance, load_options, warnings)
@@ -57,7 +78,7 @@ def write_checkpoint(
 
 def _write_file(
     ckpt: Checkpoint,
-    values: Mapping[str, np.ndarray],
+    values: Values,
     target: str,
     fmt: str,
     backup: bool,
@@ -70,12 +91,14 @@ def _write_file(
     if fmt == "safetensors":
         _write_as_safetensors(ckpt, values, target, backup, provenance, warnings)
     else:
+        if isinstance(values, PendingValues):
+            values = values.get()
         _write_as_torch(ckpt, values, target, backup, load_options, warnings)
 
 
 def _write_as_safetensors(
     ckpt: Checkpoint,
-    values: Mapping[str, np.ndarray],
+    values: Values,
     target: str,
     backup: bool,
     provenance: str | None,
@@ -93,6 +116,12 @@ def _write_as_safetensors(
         metadata = metadata or {}
         metadata.setdefault("format", "pt")
         metadata["pinit"] = provenance
+    if isinstance(values, PendingValues):
+        pending = values
+        tensors = [OutTensor(e.name, e.dtype, e.shape, source=e, pending=e.name in pending.names) for e in ckpt.tensors]
+        with atomic_file(target, backup) as fd:
+            write_safetensors(fd, tensors, metadata, fill=pending.get)
+        return
     tensors = [OutTensor(e.name, e.dtype, e.shape, data=values.get(e.name), source=e) for e in ckpt.tensors]
     with atomic_file(target, backup) as fd:
         write_safetensors(fd, tensors, metadata)

@@ -331,22 +331,29 @@ def reinit(
         except PinitError as e:
             e.path = e.path or ckpt.path
             raise
-        values: dict[str, np.ndarray] = {}
         changes: list[TensorChange] = []
         warnings: list[str] = []
-        computed: dict[str, np.ndarray] = {}
         for a in assignments:
-            key = a.seed_name
-            if key not in computed:
-                t = new_values(a.entry.shape, a.entry.dtype, a.scheme, a.kwargs, derive_seed(seed, a.seed_name))
-                computed[key] = tensor_bytes(t)
-            for name in a.group:
-                values[name] = computed[key]
             others = [n for n in a.group if n != a.entry.name]
             if others:
                 warnings.append(f"{a.entry.name} shares storage with {', '.join(others)}: they change together")
             changes.append(TensorChange(a.entry.name, a.rule_scheme, a.scheme, _jsonable(a.kwargs), others))
+
+        def compute() -> dict[str, np.ndarray]:
+            values: dict[str, np.ndarray] = {}
+            computed: dict[str, np.ndarray] = {}
+            for a in assignments:
+                key = a.seed_name
+                if key not in computed:
+                    t = new_values(a.entry.shape, a.entry.dtype, a.scheme, a.kwargs, derive_seed(seed, a.seed_name))
+                    computed[key] = tensor_bytes(t)
+                for name in a.group:
+                    values[name] = computed[key]
+            return values
+
+        pending = output_io.PendingValues(frozenset(n for a in assignments for n in a.group), compute)
         if dry_run:
+            values = pending.get()
             by_name = {e.name: e for e in ckpt.tensors}
             for c in changes:
                 e = by_name[c.name]
@@ -370,7 +377,7 @@ def reinit(
         }
         written, fmt, more_warnings = output_io.write_checkpoint(
             ckpt,
-            values,
+            pending,
             out=out,
             backup=backup,
             provenance=json.dumps(record, separators=(",", ":"), sort_keys=True) if provenance else None,

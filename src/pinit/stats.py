@@ -10,8 +10,10 @@ and abs_max cover the finite values only.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
@@ -56,6 +58,27 @@ class Stats:
         """Equal for tensors with equal bytes. Only exact quantities: float sums may round
         differently for equal bytes (BLAS kernels depend on the buffer's alignment)."""
         return (self.numel, self.min, self.max, self.zeros, self.nan, self.inf, self.subnormal)
+
+
+_KERNEL_KINDS = {"float32": 0, "bfloat16": 1, "float16": 2}
+
+
+def _load_kernel() -> ModuleType | None:
+    """The optional C accelerator (see _kernel.c), or None: not built, or PINIT_NO_KERNEL set."""
+    if os.environ.get("PINIT_NO_KERNEL"):
+        return None
+    try:
+        from pinit import _kernel
+    except ImportError:
+        return None
+    return _kernel
+
+
+_kernel = _load_kernel()
+
+
+def kernel_available() -> bool:
+    return _kernel is not None
 
 
 _local = threading.local()
@@ -145,6 +168,19 @@ class _FloatAccumulator:
             self._add_f32(x, lo, hi, big)
         else:
             self._add_wide(x, big)
+
+    def add_reduced(self, part: tuple[int, float, float, float, float, float, int, int, int, int, int]) -> None:
+        """Merge a chunk already reduced by the C kernel (float32-wide values: scale is 1)."""
+        n, mean, m2, total, lo, hi, zeros, nan, inf, subnormal, huge = part
+        self.zeros += zeros
+        self.nan += nan
+        self.inf += inf
+        self.subnormal += subnormal
+        self.huge += huge
+        if n:
+            self.min = min(self.min, lo)
+            self.max = max(self.max, hi)
+            self._merge(n, mean, max(m2, 0.0), total)
 
     def _add_f32(self, x: np.ndarray, lo: float, hi: float, big: float) -> None:
         """The fast path for float32 chunks of moderate magnitude: six passes over the chunk,
@@ -263,6 +299,14 @@ def compute_stats(entry: TensorEntry, max_abs: float = 1e6, chunk_bytes: int = C
         return None
     if dt.kind == "float":
         acc = _FloatAccumulator(dt.tiny, max_abs)
+        if _kernel is not None and dt.name != "float64":
+            reduce = _kernel.float_stats
+            kind = _KERNEL_KINDS.get(dt.name)
+            for raw in entry.iter_bytes(chunk_bytes, buf=scratch("read", chunk_bytes, np.uint8)):
+                if kind is None:  # float8: decoded by table to float32 first
+                    raw = dtypes.decode_float(raw, dt.name, out=scratch("decoded", raw.size, np.float32))
+                acc.add_reduced(reduce(raw, _KERNEL_KINDS["float32"] if kind is None else kind, dt.tiny, max_abs))
+            return acc.result(numel)
         for raw in entry.iter_bytes(chunk_bytes, buf=scratch("read", chunk_bytes, np.uint8)):
             if dt.name in ("float32", "float64"):
                 acc.add(dtypes.decode_float(raw, dt.name))

@@ -10,8 +10,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,24 +110,46 @@ def _unlink(path: str) -> None:
         pass
 
 
-def write_all(fd: int, data: bytes | memoryview | np.ndarray) -> None:
+_sync_file_range: Callable[[int, int, int, int], int] | bool | None = False
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to start writing a range to disk now (Linux ``sync_file_range``, without
+    waiting), so that the final fsync has little left to do. Does nothing where unavailable."""
+    global _sync_file_range
+    if _sync_file_range is False:
+        _sync_file_range = None
+        if sys.platform.startswith("linux"):
+            import ctypes
+            import ctypes.util
+
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+                fn = libc.sync_file_range
+                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                _sync_file_range = fn
+            except (OSError, AttributeError):
+                pass
+    if _sync_file_range:
+        _sync_file_range(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE; a failure shows at fsync
+
+
+def pwrite_all(fd: int, data: bytes | memoryview | np.ndarray, at: int) -> None:
     view = memoryview(data).cast("B") if not isinstance(data, (bytes, memoryview)) else memoryview(data)
     while view:
-        n = os.write(fd, view)
+        n = os.pwrite(fd, view, at)
         view = view[n:]
+        at += n
 
 
-def copy_range(src_fd: int, offset: int, length: int, dst_fd: int) -> None:
-    """Copy ``length`` bytes at ``offset`` of ``src_fd`` to the current position of ``dst_fd``.
-
-    Uses ``os.copy_file_range`` (the kernel copies, no data enters Python), with
-    a read/write loop as fallback.
-    """
+def copy_span(src_fd: int, offset: int, length: int, dst_fd: int, dst_offset: int) -> None:
+    """Copy ``length`` bytes at ``offset`` of ``src_fd`` to ``dst_offset`` of ``dst_fd`` (the
+    kernel copies with ``os.copy_file_range``; a pread/pwrite loop where it cannot)."""
     done = 0
     if hasattr(os, "copy_file_range"):
         try:
             while done < length:
-                n = os.copy_file_range(src_fd, dst_fd, min(length - done, 1 << 30), offset + done)
+                n = os.copy_file_range(src_fd, dst_fd, length - done, offset + done, dst_offset + done)
                 if n == 0:
                     raise PinitError("source file ended while copying tensor data")
                 done += n
@@ -137,19 +161,24 @@ def copy_range(src_fd: int, offset: int, length: int, dst_fd: int) -> None:
         chunk = os.pread(src_fd, min(length - done, COPY_CHUNK), offset + done)
         if not chunk:
             raise PinitError("source file ended while copying tensor data")
-        write_all(dst_fd, chunk)
+        pwrite_all(dst_fd, chunk, dst_offset + done)
         done += len(chunk)
 
 
 @dataclass
 class OutTensor:
-    """One tensor of a safetensors file being written: new bytes, or an entry to copy."""
+    """One tensor of a safetensors file being written: new bytes, or an entry to copy.
+
+    ``pending`` tensors get their bytes later, from the ``fill`` callback of
+    :func:`write_safetensors`; their size is ``source``'s.
+    """
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     data: np.ndarray | None = None  # new bytes (uint8), or None to copy ``source``
     source: TensorEntry | None = None
+    pending: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -175,22 +204,112 @@ def safetensors_header(tensors: Sequence[OutTensor], metadata: dict[str, str] | 
     return len(raw).to_bytes(8, "little") + raw
 
 
-def write_safetensors(fd: int, tensors: Sequence[OutTensor], metadata: dict[str, str] | None) -> None:
-    """Stream a safetensors file: header, then each tensor's bytes in order.
+def write_safetensors(
+    fd: int,
+    tensors: Sequence[OutTensor],
+    metadata: dict[str, str] | None,
+    fill: Callable[[], Mapping[str, np.ndarray]] | None = None,
+) -> None:
+    """Write a safetensors file to ``fd``: the header, then each tensor's bytes in order.
 
-    Unchanged tensors stored contiguously in a file are copied by the kernel;
-    others are copied chunk by chunk; new tensors are written from memory.
+    Runs of unchanged tensors stored one after another in a file are copied by
+    the kernel in one go; other unchanged tensors are copied chunk by chunk; new
+    tensors are written from memory. The bytes of ``pending`` tensors come from
+    ``fill()``, which runs while a second thread writes everything else
+    (computing new values starts with ``import torch``: the copy runs under it).
     """
-    write_all(fd, safetensors_header(tensors, metadata))
+    header = safetensors_header(tensors, metadata)
+    places: list[tuple[OutTensor, int]] = []
+    pos = len(header)
     for t in tensors:
-        if t.data is not None:
-            write_all(fd, t.data)
-            continue
-        src = t.source
-        assert src is not None
-        if isinstance(src.storage, FileStorage) and src.is_contiguous:
-            item = src.dt.itemsize
-            copy_range(src.storage.fd, src.storage.offset + src.offset * item, src.nbytes, fd)
-        else:
-            for chunk in src.iter_bytes():
-                write_all(fd, chunk)
+        places.append((t, pos))
+        pos += t.nbytes
+    stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def write_known() -> None:
+        try:
+            pwrite_all(fd, header, 0)
+            for t, at in _coalesce([(t, at) for t, at in places if not t.pending]):
+                if stop.is_set():
+                    return
+                _write_at(fd, t, at, stop)
+                start_writeback(fd, at, t.nbytes)
+            # flush now, while fill() may still run: the final fsync has only new bytes left
+            getattr(os, "fdatasync", os.fsync)(fd)
+        except BaseException as e:
+            failed.append(e)
+
+    if fill is None:
+        write_known()
+        if failed:
+            raise failed[0]
+        return
+    worker = threading.Thread(target=write_known, name="pinit-copy", daemon=True)
+    worker.start()
+    try:
+        values = fill()
+    except BaseException:
+        stop.set()
+        worker.join()
+        raise
+    worker.join()
+    if failed:
+        raise failed[0]
+    for t, at in places:
+        if t.pending:
+            data = values[t.name]
+            if data.nbytes != t.nbytes:
+                raise PinitError(f"new bytes of '{t.name}' are {data.nbytes} long, not {t.nbytes}")
+            pwrite_all(fd, data, at)
+
+
+@dataclass
+class _Span:
+    """Unchanged tensors whose bytes lie one after another in one source file."""
+
+    fd: int
+    start: int
+    nbytes: int
+
+
+def _file_span(t: OutTensor) -> _Span | None:
+    src = t.source
+    if t.data is None and src is not None and isinstance(src.storage, FileStorage) and src.is_contiguous:
+        return _Span(src.storage.fd, src.storage.offset + src.offset * src.dt.itemsize, src.nbytes)
+    return None
+
+
+def _coalesce(places: list[tuple[OutTensor, int]]) -> list[tuple[OutTensor | _Span, int]]:
+    out: list[tuple[OutTensor | _Span, int]] = []
+    for t, at in places:
+        span = _file_span(t)
+        if span is not None and out:
+            last, last_at = out[-1]
+            if (
+                isinstance(last, _Span)
+                and last.fd == span.fd
+                and last.start + last.nbytes == span.start
+                and last_at + last.nbytes == at
+            ):
+                last.nbytes += span.nbytes
+                continue
+        out.append((span if span is not None else t, at))
+    return out
+
+
+def _write_at(fd: int, t: OutTensor | _Span, at: int, stop: threading.Event) -> None:
+    """Write one tensor, or one span of a source file, at offset ``at`` of ``fd``."""
+    if isinstance(t, _Span):
+        for done in range(0, t.nbytes, COPY_CHUNK):
+            if stop.is_set():
+                return
+            copy_span(t.fd, t.start + done, min(COPY_CHUNK, t.nbytes - done), fd, at + done)
+        return
+    if t.data is not None:
+        pwrite_all(fd, t.data, at)
+        return
+    assert t.source is not None
+    for chunk in t.source.iter_bytes():
+        pwrite_all(fd, chunk, at)
+        at += chunk.nbytes

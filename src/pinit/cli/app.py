@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated
 
 import typer
@@ -51,4 +52,21 @@ def main() -> None:
     # pinit runs its own worker threads; BLAS threads inside each would only compete for the
     # two cores (numpy is imported later, so this still applies). A user's setting wins.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        if "torch" in sys.modules and (e.code is None or isinstance(e.code, int)):
+            _exit_now(e.code or 0)
+        raise
+
+
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown, which takes half a second once torch is loaded
+    (longer than most of pinit's work). Every file pinit writes is closed and fsynced by now;
+    only the standard streams are left to flush."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
