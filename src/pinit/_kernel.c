@@ -1,13 +1,14 @@
 /* pinit._kernel: the statistics of a chunk of float32, bfloat16 or float16 values in C.
  *
  * An optional accelerator for pinit.stats (which has a numpy path that gives the same results
- * when this extension is not built).  One call reduces one buffer: values are decoded to float32
- * a block at a time into a small buffer that stays in the first-level cache, and each block is
- * read twice from there: once for min, max, counts and a rough sum, once for the sums of
+ * when this extension is not built).  One call reduces one buffer, a block of 2,048 values at a
+ * time (16-bit values are decoded to float32 into a buffer that stays in the first-level cache),
+ * and each block is read twice: once for min, max, counts and a rough sum, once for the sums of
  * deviations from the block's rough mean (the corrected two-pass algorithm, in float64).  Blocks
- * are merged with Chan et al.'s formula.  A block holding NaN or infinity is reduced again by a
- * plain loop over its finite values.  The GIL is released while the buffer is reduced, so
- * pinit's worker threads run in parallel.
+ * are merged with Chan et al.'s formula.  Zeros and huge values are counted in a further pass only
+ * when the first pass shows there may be some.  A block holding NaN or infinity (or values whose
+ * float32 sum overflows) is reduced again by a plain loop over its finite values.  The GIL is
+ * released while the buffer is reduced, so pinit's worker threads run in parallel.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -20,8 +21,10 @@
 
 enum { KIND_F32 = 0, KIND_BF16 = 1, KIND_F16 = 2 };
 
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
-#define PINIT_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+/* One build, three instruction sets (AVX-512, AVX2, baseline), chosen when the module loads; GCC
+   11+ on glibc only (it needs ifunc), elsewhere the compiler's default target. */
+#if defined(__GNUC__) && __GNUC__ >= 11 && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
+#define PINIT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define PINIT_CLONES
 #endif
@@ -52,25 +55,6 @@ static inline float half_to_float(uint16_t h) {
     uint32_t is_small = 0u - (uint32_t)(exp == 0);
     uint32_t r = (inf_nan & is_special) | (sub_bits & is_small) | (u & ~(is_special | is_small));
     return bits_to_float(r | ((uint32_t)(h & 0x8000u) << 16));
-}
-
-static void decode(const unsigned char *src, int kind, Py_ssize_t n, float *out) {
-    Py_ssize_t i;
-    if (kind == KIND_F32) {
-        memcpy(out, src, (size_t)n * 4);
-    } else if (kind == KIND_BF16) {
-        for (i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, src + 2 * i, 2);
-            out[i] = bits_to_float((uint32_t)h << 16);
-        }
-    } else {
-        for (i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, src + 2 * i, 2);
-            out[i] = half_to_float(h);
-        }
-    }
 }
 
 static void merge(Acc *a, int64_t n, double mean, double m2, double total, double lo, double hi) {
@@ -124,29 +108,59 @@ static void block_slow(Acc *a, const float *x, Py_ssize_t n, float tiny, float m
 PINIT_CLONES
 static void reduce_blocks(Acc *a, const unsigned char *src, int kind, Py_ssize_t count, float tiny, float max_abs) {
     float buf[BLOCK];
-    const Py_ssize_t item = kind == KIND_F32 ? 4 : 2;
     Py_ssize_t start;
     for (start = 0; start < count; start += BLOCK) {
         const Py_ssize_t n = count - start < BLOCK ? count - start : BLOCK;
-        const float *x;
-        if (kind == KIND_F32 && ((uintptr_t)(src + start * 4) % sizeof(float)) == 0) {
-            x = (const float *)(src + start * 4);
-        } else {
-            decode(src + start * item, kind, n, buf);
-            x = buf;
-        }
         /* pass 1: min, max, a rough float32 sum (NaN or infinity makes it non-finite, and so does
-           an overflow from huge values: such blocks go to block_slow), values below tiny */
+           an overflow from huge values: such blocks go to block_slow), values below tiny; 16-bit
+           values are decoded into buf on the way */
+        const float *x = buf;
         float lo = INFINITY, hi = -INFINITY, s = 0.0f;
         int small = 0;
         Py_ssize_t i;
+        if (kind == KIND_F32) {
+            if (((uintptr_t)(src + start * 4) % sizeof(float)) == 0) {
+                x = (const float *)(src + start * 4);
+            } else {
+                memcpy(buf, src + start * 4, (size_t)n * 4);
+            }
 #pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : s, small)
-        for (i = 0; i < n; i++) {
-            float v = x[i];
-            lo = v < lo ? v : lo;
-            hi = v > hi ? v : hi;
-            s += v;
-            small += fabsf(v) < tiny;
+            for (i = 0; i < n; i++) {
+                float v = x[i];
+                lo = v < lo ? v : lo;
+                hi = v > hi ? v : hi;
+                s += v;
+                small += fabsf(v) < tiny;
+            }
+        } else {
+            const unsigned char *p = src + start * 2;
+            if (kind == KIND_BF16) {
+#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : s, small)
+                for (i = 0; i < n; i++) {
+                    uint16_t h;
+                    memcpy(&h, p + 2 * i, 2);
+                    float v = bits_to_float((uint32_t)h << 16);
+                    buf[i] = v;
+                    lo = v < lo ? v : lo;
+                    hi = v > hi ? v : hi;
+                    s += v;
+                    small += fabsf(v) < tiny;
+                }
+            } else {
+                for (i = 0; i < n; i++) {  /* decoded first: the decode vectorizes on its own */
+                    uint16_t h;
+                    memcpy(&h, p + 2 * i, 2);
+                    buf[i] = half_to_float(h);
+                }
+#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : s, small)
+                for (i = 0; i < n; i++) {
+                    float v = buf[i];
+                    lo = v < lo ? v : lo;
+                    hi = v > hi ? v : hi;
+                    s += v;
+                    small += fabsf(v) < tiny;
+                }
+            }
         }
         if (!isfinite(s)) {
             block_slow(a, x, n, tiny, max_abs);
