@@ -8,8 +8,14 @@ runs with OPENBLAS_NUM_THREADS=1, as the pinit CLI sets it for itself (the naive
 does not use OpenBLAS threads; pinit's statistics run their own two worker threads). Every
 measurement is a separate process, run `--repeats` times, interleaved with its baseline,
 and the median is reported: work time (measured inside the process), whole-process wall
-time, and peak RSS (from wait4). The table of ratios is printed and written to
-benchmarks/results.json (or --json PATH).
+time, and peak RSS (from wait4). Before each run, its input file is read into the page cache
+and the page cache is synced (no run pays for an earlier run's writes); outputs are deleted
+between runs. The table of ratios is printed and written to benchmarks/results.json (or
+--json PATH; `--only` runs some parts and writes no JSON unless asked).
+
+The statistics cases also run pinit with PINIT_NO_KERNEL=1: the numpy path used where the C
+kernel could not be built. The reinit cases also show a copy that is fsynced, as pinit's atomic
+write must be.
 """
 
 from __future__ import annotations
@@ -76,10 +82,14 @@ print(f"WORK {time.perf_counter() - t0} 0")
 """
 
 COPY_PLUS_TORCH = r"""
-import sys, time, shutil
+import os, sys, time, shutil
 t0 = time.perf_counter()
 import torch
 shutil.copyfile(sys.argv[1], sys.argv[2])
+if len(sys.argv) > 3:  # the copy an atomic writer makes: on disk before it counts as written
+    fd = os.open(sys.argv[2], os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
 print(f"WORK {time.perf_counter() - t0} 0")
 """
 
@@ -225,9 +235,17 @@ def describe_machine() -> str:
     )
 
 
-def interleave(cases: list[tuple[Case, list[str]]], repeats: int) -> None:
+def warm(path: Path) -> None:
+    """Read a file into the page cache (the notes measure with a warm cache; this machine evicts
+    cold pages on its own, so each run starts with its input read again)."""
+    subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # (keeps our RSS small)
+
+
+def interleave(cases: list[tuple[Case, list[str]]], repeats: int, inputs: tuple[Path, ...] = ()) -> None:
     for _ in range(repeats):
         for case, cmd in cases:
+            for path in inputs:
+                warm(path)
             case.runs.append(run_rss(cmd))
 
 
@@ -250,9 +268,6 @@ def main() -> None:
     pinit = [PY, "-m", "pinit"]
     rows: list[dict[str, object]] = []
 
-    def cat(path: Path) -> None:  # warm the page cache: the notes measure with a warm cache
-        subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # (keeps our RSS small)
-
     parts = set(args.only.split(","))
     if parts - {"stats", "listing", "reinit", "check"}:
         ap.error(f"--only takes stats, listing, reinit, check; not {args.only}")
@@ -260,7 +275,6 @@ def main() -> None:
     # 1. statistics: pinit inspect vs the naive script, per file
     for key in ("fp32.safetensors", "fp32.pt", "bf16.safetensors", "bf16.pt") if "stats" in parts else ():
         f = files[key]
-        cat(f)
         naive, ours, whole = Case("naive"), Case("pinit"), Case("pinit inspect (CLI)")
         fallback = Case("pinit without its C kernel")
         interleave(
@@ -271,6 +285,7 @@ def main() -> None:
                 (whole, [*pinit, "inspect", str(f), "--format", "json", "--quiet"]),
             ],
             args.repeats,
+            inputs=(f,),
         )
         gb = ours.runs[0].nbytes / 1e9
         rows.append(
@@ -320,22 +335,27 @@ def main() -> None:
     # 3. reinit of one 16 MB tensor of the fp32 safetensors file
     if "reinit" in parts:
         src = files["fp32.safetensors"]
-        cat(src)
         with tempfile.TemporaryDirectory(dir=DATA) as tmp:
             t = Path(tmp)
             naive, copy, new, inplace = Case("load+init+save"), Case("copy+import torch"), Case("new"), Case("in place")
+            synced = Case("copy+fsync+import torch")
             work_copy = t / "inplace.safetensors"
             shutil.copyfile(src, work_copy)
+            sel = ["--match", "^head.small$", "--scheme", "normal", "--seed", "0", "--quiet"]
+            runs = [
+                (naive, src, [PY, "-c", NAIVE_REINIT, str(src), str(t / "out.safetensors"), "head.small"]),
+                (copy, src, [PY, "-c", COPY_PLUS_TORCH, str(src), str(t / "out.safetensors")]),
+                (synced, src, [PY, "-c", COPY_PLUS_TORCH, str(src), str(t / "out.safetensors"), "fsync"]),
+                (new, src, [*pinit, "reinit", str(src), *sel, "--out", str(t / "out.safetensors")]),
+                (inplace, work_copy, [*pinit, "reinit", str(work_copy), *sel]),
+            ]
             for _ in range(args.repeats):
-                for out in ("naive", "copy", "new"):  # overwriting a 2 GB file costs its own second (discard)
-                    (t / f"{out}.safetensors").unlink(missing_ok=True)
-                naive.runs.append(
-                    run_rss([PY, "-c", NAIVE_REINIT, str(src), str(t / "naive.safetensors"), "head.small"])
-                )
-                copy.runs.append(run_rss([PY, "-c", COPY_PLUS_TORCH, str(src), str(t / "copy.safetensors")]))
-                sel = ["--match", "^head.small$", "--scheme", "normal", "--seed", "0", "--quiet"]
-                new.runs.append(run_rss([*pinit, "reinit", str(src), *sel, "--out", str(t / "new.safetensors")]))
-                inplace.runs.append(run_rss([*pinit, "reinit", str(work_copy), *sel]))
+                for case, source, cmd in runs:
+                    # every run starts alike: its input in the page cache, no output file yet (replacing
+                    # a 2 GB file costs a second of its own here), no dirty pages (run_rss syncs)
+                    (t / "out.safetensors").unlink(missing_ok=True)
+                    warm(source)
+                    case.runs.append(run_rss(cmd))
             for label, c in (("to a new file", new), ("in place", inplace)):
                 rows.append(
                     {
@@ -344,6 +364,8 @@ def main() -> None:
                         "copy + import torch s": copy.med("wall"),
                         "pinit s": c.med("wall"),
                         "ratio vs copy+import": c.med("wall") / copy.med("wall"),
+                        "copy + fsync + import torch s": synced.med("wall"),
+                        "ratio vs copy+fsync+import": c.med("wall") / synced.med("wall"),
                         "speedup vs load+save": naive.med("wall") / c.med("wall"),
                         "naive peak RSS MB": naive.med("rss_mb"),
                         "pinit peak RSS MB": c.med("rss_mb"),
