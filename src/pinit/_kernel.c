@@ -118,8 +118,28 @@ static void reduce_blocks(Acc *a, const unsigned char *src, int kind, Py_ssize_t
         float lo = INFINITY, hi = -INFINITY, s = 0.0f;
         int small = 0;
         Py_ssize_t i;
-        if (kind == KIND_F32) {
-            if (((uintptr_t)(src + start * 4) % sizeof(float)) == 0) {
+        if (kind == KIND_BF16) {
+            const unsigned char *p = src + start * 2;
+#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : s, small)
+            for (i = 0; i < n; i++) {
+                uint16_t h;
+                memcpy(&h, p + 2 * i, 2);
+                float v = bits_to_float((uint32_t)h << 16);
+                buf[i] = v;
+                lo = v < lo ? v : lo;
+                hi = v > hi ? v : hi;
+                s += v;
+                small += fabsf(v) < tiny;
+            }
+        } else {
+            if (kind == KIND_F16) {
+                const unsigned char *p = src + start * 2;
+                for (i = 0; i < n; i++) { /* decoded apart: this loop vectorizes on its own */
+                    uint16_t h;
+                    memcpy(&h, p + 2 * i, 2);
+                    buf[i] = half_to_float(h);
+                }
+            } else if (((uintptr_t)(src + start * 4) % sizeof(float)) == 0) {
                 x = (const float *)(src + start * 4);
             } else {
                 memcpy(buf, src + start * 4, (size_t)n * 4);
@@ -131,35 +151,6 @@ static void reduce_blocks(Acc *a, const unsigned char *src, int kind, Py_ssize_t
                 hi = v > hi ? v : hi;
                 s += v;
                 small += fabsf(v) < tiny;
-            }
-        } else {
-            const unsigned char *p = src + start * 2;
-            if (kind == KIND_BF16) {
-#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : s, small)
-                for (i = 0; i < n; i++) {
-                    uint16_t h;
-                    memcpy(&h, p + 2 * i, 2);
-                    float v = bits_to_float((uint32_t)h << 16);
-                    buf[i] = v;
-                    lo = v < lo ? v : lo;
-                    hi = v > hi ? v : hi;
-                    s += v;
-                    small += fabsf(v) < tiny;
-                }
-            } else {
-                for (i = 0; i < n; i++) {  /* decoded first: the decode vectorizes on its own */
-                    uint16_t h;
-                    memcpy(&h, p + 2 * i, 2);
-                    buf[i] = half_to_float(h);
-                }
-#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : s, small)
-                for (i = 0; i < n; i++) {
-                    float v = buf[i];
-                    lo = v < lo ? v : lo;
-                    hi = v > hi ? v : hi;
-                    s += v;
-                    small += fabsf(v) < tiny;
-                }
             }
         }
         if (!isfinite(s)) {

@@ -5,6 +5,10 @@ float64), reduced, and merged into running totals.  Means and spreads are
 merged with Chan's parallel formula in float64, so accuracy does not depend on
 tensor size and a NaN in one chunk does not hide the rest: mean, std, min, max
 and abs_max cover the finite values only.
+
+Floating chunks other than float64 are reduced by the C kernel ``pinit._kernel``
+when it was built (see ``_kernel.c``); otherwise, and for float64, by the numpy
+code below, which gives the same results at about half the speed.
 """
 
 from __future__ import annotations
