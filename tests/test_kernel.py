@@ -198,3 +198,31 @@ def test_cli_json_is_the_same_with_and_without_the_kernel(sample, tmp_path):
                 assert sa[key] is None
             else:
                 assert abs(sa[key] - sb[key]) <= 1e-6 * scale, (ta["name"], key)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", [F32, BF16, F16], ids=["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("loc", [0.0, 3.0, 1e4, -2e6])
+def test_sums_are_float64_accurate(kind, loc):
+    """The kernel promises more than the 1e-6 of the statistics tests: its sums are float64
+    sums of deviations from each block's mean, corrected by their own sum, so mean and std agree
+    with a float64 computation to about 1e-12 even when the mean dwarfs the spread (a float32
+    sum, or the rough mean left uncorrected, would be off by 1e-8 or more)."""
+    rng = np.random.default_rng(7)
+    x32 = (loc + rng.standard_normal(100_003) * (1 + abs(loc) * 1e-3)).astype(np.float32)
+    if kind == F32:
+        values, raw, tiny = x32, x32.view(np.uint8), TINY32
+    elif kind == BF16:
+        bits = (x32.view(np.uint32) >> 16).astype(np.uint16)
+        values, raw, tiny = (bits.astype(np.uint32) << 16).view(np.float32), bits.view(np.uint8), TINY32
+    else:
+        if abs(loc) > 6e4:
+            pytest.skip("beyond float16's range")
+        h = x32.astype(np.float16)
+        values, raw, tiny = h.astype(np.float32), h.view(np.uint8), TINY16
+    acc = kernel_acc(raw, kind, tiny)
+    x = values.astype(np.float64)
+    mean = x.mean()
+    std = x.std(ddof=1)
+    assert abs(acc.mean - mean) <= 1e-12 * max(abs(mean), std)
+    assert abs(math.sqrt(acc.m2 / (x.size - 1)) - std) <= 1e-11 * std
