@@ -6,18 +6,21 @@ if no C compiler is at hand the build says so and goes on, and pinit falls back 
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CCompilerError, CompileError, ExecError, PlatformError
 
 
 class BuildExt(build_ext):
-    def build_extensions(self) -> None:
-        if self.compiler.compiler_type == "msvc":
-            args = ["/O2", "/openmp:experimental"]
-        else:
-            # -fopenmp-simd only honours the `omp simd` loop pragmas: no OpenMP runtime is linked.
-            args = ["-O3", "-fopenmp-simd", "-std=c99"]
-        for ext in self.extensions:
-            ext.extra_compile_args = [*ext.extra_compile_args, *args]
-        super().build_extensions()
+    def build_extension(self, ext: Extension) -> None:
+        # -fopenmp-simd only honours the `omp simd` loop pragmas: no OpenMP runtime is linked.
+        args = ["/O2"] if self.compiler.compiler_type == "msvc" else ["-O3", "-fopenmp-simd", "-std=c99"]
+        plain = list(ext.extra_compile_args)
+        ext.extra_compile_args = [*plain, *args]
+        try:
+            super().build_extension(ext)
+        except (CCompilerError, CompileError, ExecError, PlatformError):
+            # a compiler that refuses one of these flags still builds the kernel, less tuned
+            ext.extra_compile_args = plain
+            super().build_extension(ext)
 
 
 setup(

@@ -252,10 +252,15 @@ def interleave(cases: list[tuple[Case, list[str]]], repeats: int, inputs: tuple[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="small files for a quick run")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json", help="where to write the results (default: benchmarks/results.json after a full run)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each case, medians reported (default: 3)")
     ap.add_argument(
-        "--only", default="stats,listing,reinit,check", help="comma-separated parts to run (default: all of them)"
+        "--json",
+        help="where to write the results (default: benchmarks/results.json, after a full run that is not --small)",
+    )
+    ap.add_argument(
+        "--only",
+        default="stats,listing,reinit,check",
+        help="comma-separated parts to run, among stats, listing, reinit, check (default: all)",
     )
     ap.add_argument("--make-data", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -391,7 +396,8 @@ def main() -> None:
 
     machine = describe_machine()
     doc = {"machine": machine, "small": args.small, "repeats": args.repeats, "rows": rows}
-    out = args.json or (str(HERE / "results.json") if parts == {"stats", "listing", "reinit", "check"} else None)
+    full = parts == {"stats", "listing", "reinit", "check"} and not args.small
+    out = args.json or (str(HERE / "results.json") if full else None)
     if out:
         Path(out).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"machine: {machine}; medians of {args.repeats} interleaved runs; page cache warm")

@@ -455,3 +455,35 @@ def test_cli_json_stats_match_reference(tmp_path, kind):
             assert s["mean"] is None
         else:
             assert s["mean"] == pytest.approx(ref["mean"], rel=1e-6), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=dname)
+@pytest.mark.parametrize("n", [7000, 12000, 300_001])
+def test_constant_tensor_has_exactly_zero_std_and_its_own_mean(tmp_path, dtype, n):
+    """Block and chunk sums of a constant are inexact when the length is not a whole number of
+    blocks; the statistics must still say std 0 and the value itself, in both paths."""
+    t = torch.full((n,), 0.001, dtype=dtype)
+    path = write({"w": t}, tmp_path, "safetensors")
+    got = core_stats(path, "w", 4096)
+    value = float(t[0])
+    assert (got.std, got.mean, got.min, got.max) == (0.0, value, value, value)
+
+
+def test_negative_zero_is_reported_as_zero(tmp_path):
+    t = torch.tensor([[-0.0, 0.0]] * 8)
+    path = write({"w": t}, tmp_path, "safetensors")
+    got = core_stats(path, "w")
+    assert got.min == 0 and got.max == 0
+    assert math.copysign(1.0, got.min) == 1.0 and math.copysign(1.0, got.max) == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=dname)
+def test_huge_compares_the_exact_values_with_max_abs(tmp_path, dtype):
+    """float32(0.1) = 0.10000000149... is above 0.1: it counts as huge with --max-abs 0.1 (a
+    comparison in float32, where 0.1 rounds to the same number, would miss it)."""
+    t = torch.tensor([0.1, -0.1, 0.05, 0.2, 1.0], dtype=dtype)
+    path = write({"w": t}, tmp_path, "safetensors")
+    with open_checkpoint(path) as ckpt:
+        got = compute_stats(ckpt.tensors[0], max_abs=0.1)
+    want = sum(abs(v) > 0.1 for v in t.double().tolist())
+    assert got.huge == want

@@ -1,3 +1,3 @@
-from pinit.cli import main
+from pinit.cli import entry_point
 
-main()
+entry_point()

@@ -69,40 +69,73 @@ static void merge(Acc *a, int64_t n, double mean, double m2, double total, doubl
     if (hi > a->max) a->max = hi;
 }
 
-/* A block with NaN or infinity: the same quantities over its finite values, plainly. */
-static void block_slow(Acc *a, const float *x, Py_ssize_t n, float tiny, float max_abs) {
-    int64_t k = 0;
-    double s = 0.0, lo = INFINITY, hi = -INFINITY;
+/* Float64 sums of deviations from m over x[0..n), in two independent halves so that the
+   additions of one do not wait for the other's; *d1 = sum of (x - m), *d2 = sum of (x - m)^2. */
+static inline void deviations(const float *x, Py_ssize_t n, double m, double *d1, double *d2) {
+    const Py_ssize_t h = n / 2;
+    double a1 = 0.0, a2 = 0.0, b1 = 0.0, b2 = 0.0;
     Py_ssize_t i;
+#pragma omp simd reduction(+ : a1, a2, b1, b2)
+    for (i = 0; i < h; i++) {
+        double d = (double)x[i] - m;
+        double e = (double)x[i + h] - m;
+        a1 += d;
+        a2 += d * d;
+        b1 += e;
+        b2 += e * e;
+    }
+    for (i = 2 * h; i < n; i++) {
+        double d = (double)x[i] - m;
+        a1 += d;
+        a2 += d * d;
+    }
+    *d1 = a1 + b1;
+    *d2 = a2 + b2;
+}
+
+/* A block with NaN or infinity, or with values whose float32 sum overflows (uninitialized memory
+   is like this throughout): NaN and infinities are counted and the finite values moved to the
+   front of a buffer of their own (branch-free), which is then reduced like a clean block, except
+   that the rough mean is the middle of the range (a float32 sum could overflow). */
+PINIT_CLONES
+static void block_slow(Acc *a, const float *x, Py_ssize_t n, float tiny, float max_abs) {
+    float w[BLOCK];
+    Py_ssize_t i, k = 0;
     for (i = 0; i < n; i++) {
         float v = x[i];
-        if (isnan(v)) {
-            a->nan++;
-            continue;
-        }
-        float av = fabsf(v);
-        if (isinf(v)) {
-            a->inf++;
-            continue;
-        }
-        k++;
-        s += v;
-        if (v < lo) lo = v;
-        if (v > hi) hi = v;
-        if (v == 0.0f) a->zeros++;
-        else if (av < tiny) a->subnormal++;
-        if (av > max_abs) a->huge++;
+        w[k] = v;
+        k += fabsf(v) <= 3.4028234663852886e38f; /* false for NaN and infinity */
     }
+    int nan = 0;
+#pragma omp simd reduction(+ : nan)
+    for (i = 0; i < n; i++) nan += x[i] != x[i];
+    a->nan += nan;
+    a->inf += (int64_t)(n - k) - nan;
     if (k == 0) return;
-    double m = s / (double)k, d1 = 0.0, d2 = 0.0;
-    for (i = 0; i < n; i++) {
-        float v = x[i];
-        if (isnan(v) || isinf(v)) continue;
-        double d = (double)v - m;
-        d1 += d;
-        d2 += d * d;
+    float lo = INFINITY, hi = -INFINITY;
+    int zeros = 0, small = 0, huge = 0;
+#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : zeros, small, huge)
+    for (i = 0; i < k; i++) {
+        float v = w[i];
+        float av = fabsf(v);
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+        zeros += v == 0.0f;
+        small += av < tiny;
+        huge += av > max_abs;
     }
-    merge(a, k, m + d1 / (double)k, d2 - d1 * d1 / (double)k, s, lo, hi);
+    a->zeros += zeros;
+    a->subnormal += small - zeros;
+    a->huge += huge;
+    if (lo == hi) { /* one value throughout: exactly that mean, exactly no spread */
+        merge(a, k, lo, 0.0, (double)lo * (double)k, lo, hi);
+        return;
+    }
+    const double m = 0.5 * (double)lo + 0.5 * (double)hi;
+    double d1, d2;
+    deviations(w, k, m, &d1, &d2);
+    const double mean = m + d1 / (double)k;
+    merge(a, k, mean, d2 - d1 * d1 / (double)k, mean * (double)k, lo, hi);
 }
 
 PINIT_CLONES
@@ -170,27 +203,14 @@ static void reduce_blocks(Acc *a, const unsigned char *src, int kind, Py_ssize_t
             for (i = 0; i < n; i++) huge += fabsf(x[i]) > max_abs;
             a->huge += huge;
         }
-        /* pass 2: deviations from the rough mean, in float64, in two independent halves so that
-           the additions of one do not wait for the other's */
+        if (lo == hi) { /* one value throughout: exactly that mean, exactly no spread */
+            merge(a, n, lo, 0.0, (double)lo * n, lo, hi);
+            continue;
+        }
+        /* pass 2: deviations from the rough mean, in float64 */
         const double m = (double)s / (double)n;
-        const Py_ssize_t h = n / 2;
-        double d1 = 0.0, d2 = 0.0, e1 = 0.0, e2 = 0.0;
-#pragma omp simd reduction(+ : d1, d2, e1, e2)
-        for (i = 0; i < h; i++) {
-            double d = (double)x[i] - m;
-            double e = (double)x[i + h] - m;
-            d1 += d;
-            d2 += d * d;
-            e1 += e;
-            e2 += e * e;
-        }
-        for (i = 2 * h; i < n; i++) {
-            double d = (double)x[i] - m;
-            d1 += d;
-            d2 += d * d;
-        }
-        d1 += e1;
-        d2 += e2;
+        double d1, d2;
+        deviations(x, n, m, &d1, &d2);
         const double mean = m + d1 / (double)n;
         merge(a, n, mean, d2 - d1 * d1 / (double)n, mean * (double)n, lo, hi);
     }
@@ -229,4 +249,10 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "pinit._kernel", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__kernel(void) {
+    PyObject *m = PyModule_Create(&module);
+#ifdef Py_GIL_DISABLED
+    if (m != NULL) PyUnstable_Module_SetGIL(m, Py_MOD_GIL_NOT_USED); /* no state shared between calls */
+#endif
+    return m;
+}

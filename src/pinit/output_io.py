@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,17 +36,16 @@ def output_format(ckpt: Checkpoint, out: str | os.PathLike[str] | None) -> str:
 
 @dataclass
 class PendingValues:
-    """New tensor bytes known by name first and computed on demand, so that a writer can copy
-    the unchanged data while they are computed (which starts with a second of ``import torch``)."""
+    """New tensor bytes known by name first and produced on demand, one tensor (with the names
+    that share it) at a time: a writer can copy the unchanged data while they are computed
+    (which starts with a second of ``import torch``) and hold only one new tensor at a time."""
 
     names: frozenset[str]
-    compute: Callable[[], Mapping[str, np.ndarray]]
-    _values: Mapping[str, np.ndarray] | None = None
+    produce: Callable[[], Iterator[tuple[Sequence[str], np.ndarray]]]
 
-    def get(self) -> Mapping[str, np.ndarray]:
-        if self._values is None:
-            self._values = self.compute()
-        return self._values
+    def get(self) -> dict[str, np.ndarray]:
+        """All new values at once (for writers that need them together)."""
+        return {name: data for names, data in self.produce() for name in names}
 
 
 Values = Mapping[str, np.ndarray] | PendingValues
@@ -120,7 +119,7 @@ def _write_as_safetensors(
         pending = values
         tensors = [OutTensor(e.name, e.dtype, e.shape, source=e, pending=e.name in pending.names) for e in ckpt.tensors]
         with atomic_file(target, backup) as fd:
-            write_safetensors(fd, tensors, metadata, fill=pending.get)
+            write_safetensors(fd, tensors, metadata, fill=pending.produce)
         return
     tensors = [OutTensor(e.name, e.dtype, e.shape, data=values.get(e.name), source=e) for e in ckpt.tensors]
     with atomic_file(target, backup) as fd:

@@ -18,7 +18,7 @@ import math
 import os
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -272,6 +272,22 @@ def _sparse_(t: torch.Tensor, sparsity: float, std: float, generator: torch.Gene
             t[torch.randperm(rows, generator=generator)[:num_zeros], col_idx] = 0
 
 
+def _large_allocations_from_mmap() -> None:
+    """Have glibc serve allocations over 4 MiB with mmap, always. Its default threshold rises
+    after the first large free, after which freed tensors of tens of MB stayed in the heap and
+    were not reused for the next ones: re-initializing six 32 MB tensors one at a time grew the
+    process by five of them. Elsewhere (not glibc) this does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD (setting it also stops glibc from moving it)
+
+
 def tensor_bytes(t: torch.Tensor) -> np.ndarray:
     """The raw little-endian bytes of a contiguous CPU tensor, as a uint8 array."""
     import torch
@@ -339,19 +355,21 @@ def reinit(
                 warnings.append(f"{a.entry.name} shares storage with {', '.join(others)}: they change together")
             changes.append(TensorChange(a.entry.name, a.rule_scheme, a.scheme, _jsonable(a.kwargs), others))
 
-        def compute() -> dict[str, np.ndarray]:
-            values: dict[str, np.ndarray] = {}
-            computed: dict[str, np.ndarray] = {}
+        def produce() -> Iterator[tuple[list[str], np.ndarray]]:
+            """Each new tensor's bytes with the names that share it, one tensor at a time."""
+            done: set[str] = set()
+            _large_allocations_from_mmap()
             for a in assignments:
-                key = a.seed_name
-                if key not in computed:
-                    t = new_values(a.entry.shape, a.entry.dtype, a.scheme, a.kwargs, derive_seed(seed, a.seed_name))
-                    computed[key] = tensor_bytes(t)
-                for name in a.group:
-                    values[name] = computed[key]
-            return values
+                if a.seed_name in done:
+                    continue
+                done.add(a.seed_name)
+                t = new_values(a.entry.shape, a.entry.dtype, a.scheme, a.kwargs, derive_seed(seed, a.seed_name))
+                data = tensor_bytes(t)
+                del t
+                yield list(a.group), data
+                del data  # before the next tensor is drawn: one new tensor in memory at a time
 
-        pending = output_io.PendingValues(frozenset(n for a in assignments for n in a.group), compute)
+        pending = output_io.PendingValues(frozenset(n for a in assignments for n in a.group), produce)
         if dry_run:
             values = pending.get()
             by_name = {e.name: e for e in ckpt.tensors}

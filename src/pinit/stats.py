@@ -68,8 +68,9 @@ _KERNEL_KINDS = {"float32": 0, "bfloat16": 1, "float16": 2}
 
 
 def _load_kernel() -> ModuleType | None:
-    """The optional C accelerator (see _kernel.c), or None: not built, or PINIT_NO_KERNEL set."""
-    if os.environ.get("PINIT_NO_KERNEL"):
+    """The optional C accelerator (see _kernel.c), or None: not built, or PINIT_NO_KERNEL set
+    (to anything but empty, 0, false or no)."""
+    if os.environ.get("PINIT_NO_KERNEL", "").strip().lower() not in ("", "0", "false", "no"):
         return None
     try:
         from pinit import _kernel
@@ -125,6 +126,15 @@ class _FloatAccumulator:
     def __init__(self, tiny: float, max_abs: float) -> None:
         self.tiny = tiny
         self.max_abs = max_abs
+        # the largest float32 not above max_abs: for a float32 x, |x| > max_abs exactly when
+        # |x| > max_abs32, compared in float32 (max_abs itself may round up, e.g. 0.1)
+        if max_abs >= float(np.finfo(np.float32).max):
+            m32 = np.float32(np.inf)  # no finite float32 is larger
+        else:
+            m32 = np.float32(max_abs)
+            if float(m32) > max_abs:
+                m32 = np.nextafter(m32, np.float32(0))
+        self.max_abs32 = m32
         self.n = 0  # finite values
         self.mean = 0.0
         self.m2 = 0.0
@@ -197,7 +207,7 @@ class _FloatAccumulator:
             if self.tiny:
                 self.subnormal += int(np.count_nonzero(np.abs(x) < self.tiny)) - zeros
         if big > self.max_abs:
-            self.huge += int(np.count_nonzero(np.abs(x) > self.max_abs))
+            self.huge += int(np.count_nonzero(np.abs(x) > self.max_abs32))
         s = _sum32(x)
         if lo == hi:
             self._merge(n, lo * self.scale, 0.0, s)
@@ -260,8 +270,8 @@ class _FloatAccumulator:
         st.total = self.total
         if self.n:
             st.mean = self.mean / self.scale
-            st.min = self.min
-            st.max = self.max
+            st.min = self.min + 0.0  # + 0.0: -0.0 becomes 0.0 (which zero comes first is an accident)
+            st.max = self.max + 0.0
             st.abs_max = max(abs(self.min), abs(self.max))
             st.std = math.sqrt(max(self.m2, 0.0) / (self.n - 1)) / self.scale if self.n > 1 else None
         return st
@@ -309,7 +319,8 @@ def compute_stats(entry: TensorEntry, max_abs: float = 1e6, chunk_bytes: int = C
             for raw in entry.iter_bytes(chunk_bytes, buf=scratch("read", chunk_bytes, np.uint8)):
                 if kind is None:  # float8: decoded by table to float32 first
                     raw = dtypes.decode_float(raw, dt.name, out=scratch("decoded", raw.size, np.float32))
-                acc.add_reduced(reduce(raw, _KERNEL_KINDS["float32"] if kind is None else kind, dt.tiny, max_abs))
+                code = _KERNEL_KINDS["float32"] if kind is None else kind
+                acc.add_reduced(reduce(raw, code, dt.tiny, float(acc.max_abs32)))
             return acc.result(numel)
         for raw in entry.iter_bytes(chunk_bytes, buf=scratch("read", chunk_bytes, np.uint8)):
             if dt.name in ("float32", "float64"):

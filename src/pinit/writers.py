@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,15 +208,16 @@ def write_safetensors(
     fd: int,
     tensors: Sequence[OutTensor],
     metadata: dict[str, str] | None,
-    fill: Callable[[], Mapping[str, np.ndarray]] | None = None,
+    fill: Callable[[], Iterable[tuple[Sequence[str], np.ndarray]]] | None = None,
 ) -> None:
     """Write a safetensors file to ``fd``: the header, then each tensor's bytes in order.
 
     Runs of unchanged tensors stored one after another in a file are copied by
     the kernel in one go; other unchanged tensors are copied chunk by chunk; new
     tensors are written from memory. The bytes of ``pending`` tensors come from
-    ``fill()``, which runs while a second thread writes everything else
-    (computing new values starts with ``import torch``: the copy runs under it).
+    ``fill()``, one tensor (and the names sharing it) at a time, each written as
+    it comes, while a second thread writes everything else (computing new values
+    starts with ``import torch``: the copy runs under it).
     """
     header = safetensors_header(tensors, metadata)
     places: list[tuple[OutTensor, int]] = []
@@ -245,10 +246,21 @@ def write_safetensors(
         if failed:
             raise failed[0]
         return
+    at_of = {t.name: at for t, at in places if t.pending}
+    size_of = {t.name: t.nbytes for t, at in places if t.pending}
     worker = threading.Thread(target=write_known, name="pinit-copy", daemon=True)
     worker.start()
     try:
-        values = fill()
+        written: set[str] = set()
+        for names, data in fill():
+            for name in names:
+                if data.nbytes != size_of[name]:
+                    raise PinitError(f"new bytes of '{name}' are {data.nbytes} long, not {size_of[name]}")
+                pwrite_all(fd, data, at_of[name])
+                written.add(name)
+            del data  # not held while fill() draws the next one
+        if written != set(at_of):
+            raise PinitError(f"no new bytes for {', '.join(sorted(set(at_of) - written))}")
     except BaseException:
         stop.set()
         worker.join()
@@ -256,12 +268,6 @@ def write_safetensors(
     worker.join()
     if failed:
         raise failed[0]
-    for t, at in places:
-        if t.pending:
-            data = values[t.name]
-            if data.nbytes != t.nbytes:
-                raise PinitError(f"new bytes of '{t.name}' are {data.nbytes} long, not {t.nbytes}")
-            pwrite_all(fd, data, at)
 
 
 @dataclass

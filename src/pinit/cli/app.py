@@ -48,12 +48,20 @@ app.command("schemes")(schemes_cmd.schemes)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Run the command line; ends with ``SystemExit`` as any click program does."""
     # pinit runs its own worker threads; BLAS threads inside each would only compete for the
     # two cores (numpy is imported later, so this still applies). A user's setting wins.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    app()
+
+
+def entry_point() -> None:
+    """The ``pinit`` console script and ``python -m pinit``: :func:`main`, then, once torch is
+    loaded, an exit without the interpreter's teardown, which takes half a second with torch
+    (longer than most of pinit's work). Every file pinit writes is closed and fsynced by then;
+    only the standard streams are left to flush. Python callers use :func:`main`."""
     try:
-        app()
+        main()
     except SystemExit as e:
         if "torch" in sys.modules and (e.code is None or isinstance(e.code, int)):
             _exit_now(e.code or 0)
@@ -61,9 +69,6 @@ def main() -> None:
 
 
 def _exit_now(code: int) -> None:
-    """Exit without the interpreter's teardown, which takes half a second once torch is loaded
-    (longer than most of pinit's work). Every file pinit writes is closed and fsynced by now;
-    only the standard streams are left to flush."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
