@@ -259,7 +259,9 @@ def write_safetensors(
                 pwrite_all(fd, data, at_of[name])
                 written.add(name)
             del data  # not held while fill() draws the next one
-        if written != set(at_of):
+            if failed:  # the copy failed: no use drawing the rest
+                break
+        if not failed and written != set(at_of):
             raise PinitError(f"no new bytes for {', '.join(sorted(set(at_of) - written))}")
     except BaseException:
         stop.set()
