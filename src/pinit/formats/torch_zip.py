@@ -24,6 +24,8 @@ import struct
 import types
 import zipfile
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -360,31 +362,29 @@ def prescan_legacy(path: str, allowed: frozenset[str]) -> None:
     but placeholders, before torch's own ``weights_only`` loader reads it: every global is
     checked by pinit's rules, and what torch would admit but pinit refuses (``bytearray(n)``
     allocating gigabytes from a few bytes) is refused first."""
-    try:
-        with open(path, "rb") as f:
-            for _ in range(3):  # magic number, protocol version, system info
-                RestrictedUnpickler(f, allowed).load()
-            _LegacyScanUnpickler(f, allowed).load()
-    except (PinitError, NeedsTorch):
-        raise
-    except RecursionError:
-        raise PinitError("pickle nested too deeply") from None
-    except MemoryError:
-        raise PinitError("pickle asks for more memory than is available") from None
-    except Exception as e:  # a malformed pickle: EOF, bad opcode, wrong types for the placeholders
-        raise PinitError(f"cannot read the pickle ({type(e).__name__}: {e})") from None
+    with _pickle_errors(), open(path, "rb") as f:
+        for _ in range(3):  # magic number, protocol version, system info
+            RestrictedUnpickler(f, allowed).load()
+        _LegacyScanUnpickler(f, allowed).load()
 
 
 def unpickle(data: bytes, allowed: frozenset[str]) -> Any:
-    try:
+    with _pickle_errors():
         return RestrictedUnpickler(io.BytesIO(data), allowed).load()
+
+
+@contextmanager
+def _pickle_errors() -> Iterator[None]:
+    """Turn whatever a malformed pickle makes the unpickler raise into one PinitError."""
+    try:
+        yield
     except (PinitError, NeedsTorch):
         raise
     except RecursionError:
         raise PinitError("pickle nested too deeply") from None
     except MemoryError:
         raise PinitError("pickle asks for more memory than is available") from None
-    except Exception as e:  # any malformed pickle: EOF, bad opcode, wrong types for our placeholders
+    except Exception as e:  # EOF, bad opcode, wrong types for the placeholders, an unreadable file
         raise PinitError(f"cannot read the pickle ({type(e).__name__}: {e})") from None
 
 
