@@ -30,6 +30,19 @@ class Result:
         return json.loads(self.stdout)
 
 
+def save_checkpoint(path: Path, tensors: dict[str, Any]) -> Path:
+    """Save ``tensors`` (torch tensors) as safetensors or a torch zip, by ``path``'s suffix."""
+    import torch
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    else:
+        torch.save(tensors, path)
+    return path
+
+
 def run_cli(*args: str | os.PathLike[str]) -> Result:
     """Run ``pinit ARGS`` in-process through Typer's test runner."""
     runner = CliRunner()

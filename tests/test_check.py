@@ -26,7 +26,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import ROOT, SAMPLES, assert_one_error_line, run_cli
+from conftest import ROOT, SAMPLES, assert_one_error_line, run_cli, save_checkpoint
 
 TOP_KEYS = {"files", "summary", "exit_code"}
 FILE_KEYS = {"path", "format", "tensors", "status", "findings"}
@@ -42,15 +42,6 @@ GITHUB_LINE = re.compile(r"^::(error|warning) file=[^,]+,title=[^:]+::.+$")
 def _outside_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run from tmp_path, so that no pyproject.toml of the repository (or above) applies settings."""
     monkeypatch.chdir(tmp_path)
-
-
-def write(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-    else:
-        torch.save(tensors, path)
-    return path
 
 
 def healthy_tensors() -> dict[str, torch.Tensor]:
@@ -99,7 +90,7 @@ def by_name(doc: dict) -> dict[str, dict]:
 def test_healthy_files_exit_0(tmp_path: Path) -> None:
     st = shutil.copy(SAMPLES / "tiny_cnn.safetensors", tmp_path)
     pt = shutil.copy(SAMPLES / "tiny_cnn.pt", tmp_path)
-    mine = write(tmp_path / "mine.safetensors", healthy_tensors())
+    mine = save_checkpoint(tmp_path / "mine.safetensors", healthy_tensors())
     r = run_cli("check", st, pt, mine)
     assert r.exit_code == 0, (r.stdout, r.stderr)
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
@@ -108,8 +99,8 @@ def test_healthy_files_exit_0(tmp_path: Path) -> None:
 
 
 def test_error_finding_exit_1_and_text_output(tmp_path: Path) -> None:
-    bad = write(tmp_path / "bad.safetensors", nan_tensors())
-    good = write(tmp_path / "good.pt", healthy_tensors())
+    bad = save_checkpoint(tmp_path / "bad.safetensors", nan_tensors())
+    good = save_checkpoint(tmp_path / "good.pt", healthy_tensors())
     r = run_cli("check", good, bad)
     assert r.exit_code == 1, (r.stdout, r.stderr)
     # the finding is shown: file, tensor, severity, code, message with evidence
@@ -142,14 +133,14 @@ def test_error_finding_exit_1_and_text_output(tmp_path: Path) -> None:
     ],
 )
 def test_bad_usage_exit_2(tmp_path: Path, args: list[str]) -> None:
-    f = write(tmp_path / "bad.safetensors", nan_tensors())  # would be exit 1 if it got that far
+    f = save_checkpoint(tmp_path / "bad.safetensors", nan_tensors())  # would be exit 1 if it got that far
     r = run_cli("check", *args, f)
     assert_one_error_line(r)
     assert r.stdout == ""  # a failed command writes nothing
 
 
 def test_bad_usage_names_the_problem(tmp_path: Path) -> None:
-    f = write(tmp_path / "a.safetensors", healthy_tensors())
+    f = save_checkpoint(tmp_path / "a.safetensors", healthy_tensors())
     r = run_cli("check", "--rule", "nosuchcode=error", f)
     assert "nosuchcode" in r.stderr
     r = run_cli("check", "--exclude", "(", f)
@@ -158,7 +149,7 @@ def test_bad_usage_names_the_problem(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "folder-without-checkpoint"])
 def test_unreadable_reference_is_usage_error(tmp_path: Path, kind: str) -> None:
-    f = write(tmp_path / "a.safetensors", healthy_tensors())
+    f = save_checkpoint(tmp_path / "a.safetensors", healthy_tensors())
     ref = tmp_path / "ref.safetensors"
     if kind == "corrupt":
         ref.write_bytes(os.urandom(64) + b"garbage")
@@ -179,8 +170,8 @@ def test_no_checkpoint_matched_by_glob_is_usage_error(tmp_path: Path) -> None:
 
 
 def test_json_structure(tmp_path: Path) -> None:
-    good = write(tmp_path / "good.pt", healthy_tensors())
-    bad = write(tmp_path / "bad.safetensors", {**nan_tensors(), "dead.weight": torch.zeros(2, 2)})
+    good = save_checkpoint(tmp_path / "good.pt", healthy_tensors())
+    bad = save_checkpoint(tmp_path / "bad.safetensors", {**nan_tensors(), "dead.weight": torch.zeros(2, 2)})
     code, doc = check_json(good, bad)
     assert code == 1
     assert set(doc) == TOP_KEYS
@@ -204,7 +195,7 @@ def test_json_structure(tmp_path: Path) -> None:
 
 
 def test_json_exit_0_document(tmp_path: Path) -> None:
-    code, doc = check_json(write(tmp_path / "a.safetensors", healthy_tensors()))
+    code, doc = check_json(save_checkpoint(tmp_path / "a.safetensors", healthy_tensors()))
     assert code == 0
     assert doc["exit_code"] == 0
     assert doc["summary"] == {"files": 1, "failed_files": 0, "errors": 0, "warnings": 0, "fail_on": "error"}
@@ -220,9 +211,9 @@ def uninit_like() -> dict[str, torch.Tensor]:
     [("error", {"nan"}), ("warning", {"nan", "all_zero"})],
 )
 def test_junit(tmp_path: Path, fail_on: str, expected_bad: set[str]) -> None:
-    good = write(tmp_path / "good.safetensors", healthy_tensors())
-    bad = write(tmp_path / "bad.pt", uninit_like())
-    warn = write(tmp_path / "warn.pt", warning_only_tensors())
+    good = save_checkpoint(tmp_path / "good.safetensors", healthy_tensors())
+    bad = save_checkpoint(tmp_path / "bad.pt", uninit_like())
+    warn = save_checkpoint(tmp_path / "warn.pt", warning_only_tensors())
     r = run_cli("check", good, bad, warn, "--format", "junit", "--fail-on", fail_on)
     assert r.exit_code == 1
     root = ET.fromstring(r.stdout.encode("utf-8"))  # stdout is one XML document
@@ -245,7 +236,7 @@ def test_junit(tmp_path: Path, fail_on: str, expected_bad: set[str]) -> None:
 def test_junit_is_valid_xml_whatever_the_tensor_names(tmp_path: Path) -> None:
     t = healthy_tensors()
     t['ctl\x1bname<&>"x'] = torch.full((2, 2), math.nan)
-    bad = write(tmp_path / "bad.safetensors", t)
+    bad = save_checkpoint(tmp_path / "bad.safetensors", t)
     r = run_cli("check", bad, "--format", "junit")
     assert r.exit_code == 1
     root = ET.fromstring(r.stdout.encode("utf-8"))
@@ -265,7 +256,7 @@ def test_junit_unreadable_file_is_a_failure(tmp_path: Path) -> None:
 
 
 def test_github_workflow_commands(tmp_path: Path) -> None:
-    bad = write(tmp_path / "bad.safetensors", uninit_like())
+    bad = save_checkpoint(tmp_path / "bad.safetensors", uninit_like())
     r = run_cli("check", bad, "--format", "github")
     assert r.exit_code == 1
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("::")]
@@ -284,7 +275,7 @@ def test_github_escapes_properties_and_message(tmp_path: Path) -> None:
     t = healthy_tensors()
     t["enc,layer:0.weight"] = torch.full((2, 2), math.nan)
     t["line1\nline2"] = torch.full((2, 2), math.inf)
-    bad = write(tmp_path / "a,b:c.safetensors", t)
+    bad = save_checkpoint(tmp_path / "a,b:c.safetensors", t)
     r = run_cli("check", bad, "--format", "github")
     assert r.exit_code == 1
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("::")]
@@ -307,7 +298,7 @@ def test_github_escapes_properties_and_message(tmp_path: Path) -> None:
 
 
 def test_warning_only_passes_by_default_and_fails_with_fail_on_warning(tmp_path: Path) -> None:
-    f = write(tmp_path / "w.safetensors", warning_only_tensors())
+    f = save_checkpoint(tmp_path / "w.safetensors", warning_only_tensors())
     code, doc = check_json(f)
     assert code == 0
     assert findings(doc) == {("w.safetensors", "dead.weight", "all_zero", "warning")}
@@ -320,7 +311,7 @@ def test_warning_only_passes_by_default_and_fails_with_fail_on_warning(tmp_path:
 
 
 def test_rule_raises_warning_to_error(tmp_path: Path) -> None:
-    f = write(tmp_path / "w.safetensors", warning_only_tensors())
+    f = save_checkpoint(tmp_path / "w.safetensors", warning_only_tensors())
     code, doc = check_json(f, "--rule", "all_zero=error")
     assert code == 1
     assert findings(doc) == {("w.safetensors", "dead.weight", "all_zero", "error")}
@@ -328,7 +319,7 @@ def test_rule_raises_warning_to_error(tmp_path: Path) -> None:
 
 
 def test_rule_lowers_error_to_warning(tmp_path: Path) -> None:
-    f = write(tmp_path / "n.pt", nan_tensors())
+    f = save_checkpoint(tmp_path / "n.pt", nan_tensors())
     code, doc = check_json(f, "--rule", "nan=warning")
     assert code == 0
     assert findings(doc) == {("n.pt", "fc.weight", "nan", "warning")}
@@ -338,7 +329,7 @@ def test_rule_lowers_error_to_warning(tmp_path: Path) -> None:
 
 
 def test_rule_off_silences(tmp_path: Path) -> None:
-    f = write(tmp_path / "n.pt", nan_tensors())
+    f = save_checkpoint(tmp_path / "n.pt", nan_tensors())
     code, doc = check_json(f, "--rule", "nan=off")
     assert code == 0
     assert findings(doc) == set()
@@ -348,7 +339,7 @@ def test_rule_off_silences(tmp_path: Path) -> None:
 
 
 def test_max_abs_option(tmp_path: Path) -> None:
-    f = write(tmp_path / "h.safetensors", {"w": torch.tensor([[1.0, 50.0], [2.0, 3.0]])})
+    f = save_checkpoint(tmp_path / "h.safetensors", {"w": torch.tensor([[1.0, 50.0], [2.0, 3.0]])})
     assert check_json(f)[0] == 0  # default 1e6
     code, doc = check_json(f, "--max-abs", "10")
     assert code == 1
@@ -372,7 +363,7 @@ exclude = ["^skip\\\\."]
 
 def pyproject_case(tmp_path: Path) -> Path:
     (tmp_path / "pyproject.toml").write_text(PYPROJECT, encoding="utf-8")
-    return write(
+    return save_checkpoint(
         tmp_path / "m.safetensors",
         {
             "dead.weight": torch.zeros(3, 3),  # all_zero warning -> fails under fail-on = warning
@@ -449,7 +440,7 @@ def test_options_override_pyproject(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 )
 def test_bad_pyproject_setting_is_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str) -> None:
     (tmp_path / "pyproject.toml").write_text(f"[tool.pinit.check]\n{table}\n", encoding="utf-8")
-    f = write(tmp_path / "a.safetensors", nan_tensors())
+    f = save_checkpoint(tmp_path / "a.safetensors", nan_tensors())
     monkeypatch.chdir(tmp_path)
     r = run_cli("check", f.name)
     assert_one_error_line(r)
@@ -461,7 +452,7 @@ def test_bad_pyproject_setting_is_usage_error(tmp_path: Path, monkeypatch: pytes
 
 
 def reference_case(tmp_path: Path) -> tuple[Path, Path]:
-    ref = write(
+    ref = save_checkpoint(
         tmp_path / "ref.safetensors",
         {
             "w": torch.linspace(-1, 1, 12).reshape(4, 3),
@@ -470,7 +461,7 @@ def reference_case(tmp_path: Path) -> tuple[Path, Path]:
             "same": torch.linspace(1, 2, 6).reshape(2, 3),
         },
     )
-    f = write(
+    f = save_checkpoint(
         tmp_path / "model.pt",
         {
             "w": torch.linspace(-1, 1, 12).reshape(3, 4),  # shape_mismatch
@@ -537,10 +528,10 @@ def test_reference_from_pyproject_is_relative_to_it(tmp_path: Path, monkeypatch:
 
 
 def test_corrupt_file_is_unreadable_finding(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.safetensors", healthy_tensors())
+    a = save_checkpoint(tmp_path / "a.safetensors", healthy_tensors())
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(bytes(range(256)) * 4 + os.urandom(100))
-    b = write(tmp_path / "b.pt", healthy_tensors())
+    b = save_checkpoint(tmp_path / "b.pt", healthy_tensors())
     code, doc = check_json(a, corrupt, b)
     assert code == 1
     files = by_name(doc)
@@ -555,7 +546,7 @@ def test_corrupt_file_is_unreadable_finding(tmp_path: Path) -> None:
 
 
 def test_truncated_safetensors_is_unreadable(tmp_path: Path) -> None:
-    good = write(tmp_path / "good.safetensors", healthy_tensors())
+    good = save_checkpoint(tmp_path / "good.safetensors", healthy_tensors())
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(good.read_bytes()[:-10])
     code, doc = check_json(good, cut)
@@ -565,7 +556,7 @@ def test_truncated_safetensors_is_unreadable(tmp_path: Path) -> None:
 
 
 def test_nonexistent_path_is_unreadable_finding(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.safetensors", healthy_tensors())
+    a = save_checkpoint(tmp_path / "a.safetensors", healthy_tensors())
     code, doc = check_json(tmp_path / "nope.safetensors", a)
     assert code == 1
     assert findings(doc) == {("nope.safetensors", None, "unreadable", "error")}
@@ -573,7 +564,7 @@ def test_nonexistent_path_is_unreadable_finding(tmp_path: Path) -> None:
 
 
 def test_unreadable_rule_off(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.safetensors", healthy_tensors())
+    a = save_checkpoint(tmp_path / "a.safetensors", healthy_tensors())
     code, doc = check_json(tmp_path / "nope.pt", a, "--rule", "unreadable=warning")
     assert code == 0
     assert findings(doc) == {("nope.pt", None, "unreadable", "warning")}
@@ -594,7 +585,7 @@ def test_unsafe_pickle_is_unreadable_and_not_run(tmp_path: Path) -> None:
     legacy = tmp_path / "evil_legacy.pt"
     torch.save({"payload": _RunsCode(marker)}, legacy, _use_new_zipfile_serialization=False)
     assert not marker.exists()
-    good = write(tmp_path / "good.safetensors", healthy_tensors())
+    good = save_checkpoint(tmp_path / "good.safetensors", healthy_tensors())
     code, doc = check_json(evil, legacy, good)
     assert code == 1
     assert not marker.exists()  # the pickle's code never ran
@@ -612,9 +603,9 @@ def test_unsafe_pickle_is_unreadable_and_not_run(tmp_path: Path) -> None:
 
 def test_folder_is_searched_recursively(tmp_path: Path) -> None:
     root = tmp_path / "models"
-    write(root / "a.safetensors", healthy_tensors())
-    write(root / "sub" / "deeper" / "b.pt", healthy_tensors())
-    write(root / "sub" / "c.ckpt", nan_tensors())
+    save_checkpoint(root / "a.safetensors", healthy_tensors())
+    save_checkpoint(root / "sub" / "deeper" / "b.pt", healthy_tensors())
+    save_checkpoint(root / "sub" / "c.ckpt", nan_tensors())
     (root / "notes.txt").write_text("not a checkpoint")
     (root / "sub" / "train.py").write_text("print('hi')\n")
     code, doc = check_json(root)
@@ -630,7 +621,7 @@ def test_folder_is_searched_recursively(tmp_path: Path) -> None:
 def test_sharded_folder_counts_once(tmp_path: Path) -> None:
     root = tmp_path / "models"
     shutil.copytree(SAMPLES / "sharded", root / "sharded")
-    write(root / "single.safetensors", healthy_tensors())
+    save_checkpoint(root / "single.safetensors", healthy_tensors())
     code, doc = check_json(root)
     assert code == 0
     names = sorted(Path(f["path"]).name for f in doc["files"])
@@ -658,9 +649,9 @@ def test_broken_shard_is_found_through_index(tmp_path: Path) -> None:
 
 
 def test_glob_expands(tmp_path: Path) -> None:
-    write(tmp_path / "a.safetensors", healthy_tensors())
-    write(tmp_path / "b.safetensors", nan_tensors())
-    write(tmp_path / "c.pt", nan_tensors())  # not matched by the glob
+    save_checkpoint(tmp_path / "a.safetensors", healthy_tensors())
+    save_checkpoint(tmp_path / "b.safetensors", nan_tensors())
+    save_checkpoint(tmp_path / "c.pt", nan_tensors())  # not matched by the glob
     code, doc = check_json(str(tmp_path / "*.safetensors"))
     assert code == 1
     assert sorted(Path(f["path"]).name for f in doc["files"]) == ["a.safetensors", "b.safetensors"]
@@ -672,7 +663,7 @@ def test_exclude_drops_tensors(tmp_path: Path) -> None:
     t = healthy_tensors()
     t["enc.nan"] = torch.tensor([[math.nan, 1.0], [2.0, 3.0]])
     t["dec.inf"] = torch.tensor([[math.inf, 1.0], [2.0, 3.0]])
-    f = write(tmp_path / "x.safetensors", t)
+    f = save_checkpoint(tmp_path / "x.safetensors", t)
     _, doc = check_json(f)
     assert {x[1] for x in findings(doc)} == {"enc.nan", "dec.inf"}
     code, doc = check_json(f, "--exclude", r"^enc\.")
@@ -699,9 +690,9 @@ def test_pre_commit_hook(tmp_path: Path) -> None:
 
     words = shlex.split(hook["entry"])
     assert words[0] == "pinit"
-    good = write(tmp_path / "good.safetensors", healthy_tensors())
-    good2 = write(tmp_path / "good2.pt", healthy_tensors())
-    bad = write(tmp_path / "bad.pt", nan_tensors())
+    good = save_checkpoint(tmp_path / "good.safetensors", healthy_tensors())
+    good2 = save_checkpoint(tmp_path / "good2.pt", healthy_tensors())
+    bad = save_checkpoint(tmp_path / "bad.pt", nan_tensors())
 
     def run(*files: Path) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "pinit", *words[1:], *hook.get("args", []), *map(str, files)]

@@ -14,9 +14,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors.torch import save_file
 
-from conftest import SAMPLES, assert_one_error_line, run_cli, run_subprocess
+from conftest import SAMPLES, assert_one_error_line, run_cli, run_subprocess, save_checkpoint
 from pinit.selection import Selector
 
 TOP_KEYS = {"path", "format", "tensors", "summary"}
@@ -46,14 +45,6 @@ def mixed_tensors() -> dict[str, torch.Tensor]:
     }
 
 
-def write(tensors: dict[str, torch.Tensor], path: Path) -> Path:
-    if path.suffix == ".safetensors":
-        save_file({k: v.contiguous() for k, v in tensors.items()}, path)
-    else:
-        torch.save(tensors, path)
-    return path
-
-
 def inspect_json(*args) -> dict:
     r = run_cli("inspect", *args, "--format", "json")
     assert r.exit_code == 0, r.stderr
@@ -75,7 +66,7 @@ def safetensors_file_order(path: Path) -> list[str]:
 @pytest.fixture(params=["safetensors", "pt"])
 def mixed(request, tmp_path) -> tuple[Path, dict[str, torch.Tensor]]:
     tensors = mixed_tensors()
-    return write(tensors, tmp_path / f"mixed.{request.param}"), tensors
+    return save_checkpoint(tmp_path / f"mixed.{request.param}", tensors), tensors
 
 
 # ---------------------------------------------------------------- the JSON document
@@ -141,21 +132,21 @@ def test_json_dtype_names_have_no_torch_prefix(tmp_path):
     ]  # fmt: skip
     tensors = {f"t{i}": torch.ones(2, 2).to(dt) for i, dt in enumerate(dts)}
     for suffix in (".safetensors", ".pt"):
-        doc = inspect_json(write(tensors, tmp_path / f"d{suffix}"))
+        doc = inspect_json(save_checkpoint(tmp_path / f"d{suffix}", tensors))
         got = {t["name"]: t["dtype"] for t in doc["tensors"]}
         assert got == {n: str(t.dtype).removeprefix("torch.") for n, t in tensors.items()}
         assert set(doc["summary"]["by_dtype"]) == set(got.values())
 
 
 def test_json_requires_grad_only_where_recorded(tmp_path):
-    path = write(
+    path = save_checkpoint(
+        tmp_path / "rg.pt",
         {
             "param": torch.nn.Parameter(torch.ones(2, 2)),
             "frozen": torch.nn.Parameter(torch.ones(2, 2), requires_grad=False),
             "grad": torch.ones(2, requires_grad=True),
             "plain": torch.ones(2),
         },
-        tmp_path / "rg.pt",
     )
     got = {t["name"]: t["requires_grad"] for t in inspect_json(path)["tensors"]}
     assert got == {"param": True, "frozen": False, "grad": True, "plain": None}
@@ -191,7 +182,7 @@ def test_values(tmp_path):
         "e": torch.zeros(0, 2),
     }
     for suffix in (".safetensors", ".pt"):
-        path = write(tensors, tmp_path / f"v{suffix}")
+        path = save_checkpoint(tmp_path / f"v{suffix}", tensors)
         by = {t["name"]: t for t in inspect_json(path, "--values", "4")["tensors"]}
         assert by["f"]["values"] == [1.5, "nan", "inf", "-inf"]
         assert by["bf"]["values"] == [float(v) for v in tensors["bf"].double()]
@@ -203,12 +194,12 @@ def test_values(tmp_path):
         assert by["f"]["values"] == [1.5] and by["i"]["values"] == [5]
     # a row-major view into a larger storage (.pt keeps the offset)
     base = torch.arange(10.0)
-    path = write({"tail": base[6:]}, tmp_path / "view.pt")
+    path = save_checkpoint(tmp_path / "view.pt", {"tail": base[6:]})
     assert inspect_json(path, "--values", "3")["tensors"][0]["values"] == [6.0, 7.0, 8.0]
 
 
 def test_values_in_table_output(tmp_path):
-    path = write({"w": torch.tensor([[0.5, math.nan], [2.0, 3.0]])}, tmp_path / "v.safetensors")
+    path = save_checkpoint(tmp_path / "v.safetensors", {"w": torch.tensor([[0.5, math.nan], [2.0, 3.0]])})
     r = run_cli("inspect", path, "--values", "3")
     assert r.exit_code == 0
     assert "values" in r.stdout.splitlines()[1]
@@ -217,7 +208,7 @@ def test_values_in_table_output(tmp_path):
 
 def test_stdout_is_only_json_in_a_real_process(tmp_path):
     """A real interpreter: a warning (--unsafe-pickle) goes to stderr, stdout stays one JSON document."""
-    path = write(mixed_tensors(), tmp_path / "m.safetensors")  # safetensors: no torch import, fast
+    path = save_checkpoint(tmp_path / "m.safetensors", mixed_tensors())  # safetensors: no torch import, fast
     r = run_subprocess("inspect", path, "--format", "json", "--unsafe-pickle")
     assert r.exit_code == 0, r.stderr
     assert r.stderr.strip()  # the warning is there, on stderr ...
@@ -242,7 +233,7 @@ WEIRD = {
 
 @pytest.fixture
 def weird(tmp_path) -> Path:
-    return write(WEIRD, tmp_path / "weird.safetensors")
+    return save_checkpoint(tmp_path / "weird.safetensors", WEIRD)
 
 
 def expected(names, match, exclude) -> set[str]:
@@ -372,7 +363,7 @@ def test_selector_property(case):
 @given(selection_case())
 def test_cli_selection_property(tmp_path, case):
     names, matches, excludes = case
-    path = write({n: torch.ones(1) for n in names}, tmp_path / "sel.safetensors")
+    path = save_checkpoint(tmp_path / "sel.safetensors", {n: torch.ones(1) for n in names})
     match = [p for _, p in matches]
     exclude = [p for _, p in excludes]
     args = [a for p in match for a in ("--match", p)] + [a for p in exclude for a in ("--exclude", p)]
@@ -487,7 +478,7 @@ def test_hist(tmp_path):
         "ulps64": torch.tensor([1.0, math.nextafter(1.0, 2.0)], dtype=torch.float64),
         "i": torch.arange(4),
     }
-    path = write(tensors, tmp_path / "h.safetensors")
+    path = save_checkpoint(tmp_path / "h.safetensors", tensors)
     doc = inspect_json(path, "--hist")
     by = {t["name"]: t for t in doc["tensors"]}
     for name in ("w", "const_big", "near_max64", "ulps64"):
@@ -504,7 +495,7 @@ def test_hist(tmp_path):
 
 
 def test_max_abs_option(tmp_path):
-    path = write({"w": torch.tensor([[1.0, 50.0], [-2.0, 3.0]])}, tmp_path / "m.safetensors")
+    path = save_checkpoint(tmp_path / "m.safetensors", {"w": torch.tensor([[1.0, 50.0], [-2.0, 3.0]])})
     assert inspect_json(path)["tensors"][0]["flags"] == []
     (f,) = inspect_json(path, "--max-abs", "10")["tensors"][0]["flags"]
     assert f["code"] == "huge" and "1 of 4 values" in f["message"]

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from conftest import SAMPLES, assert_one_error_line, run_cli
+from conftest import SAMPLES, assert_one_error_line, run_cli, save_checkpoint
 
 TOP_KEYS = {"a", "b", "atol", "rtol", "tensors", "summary"}
 TENSOR_KEYS = {
@@ -46,14 +45,6 @@ SUMMARY_KEYS = {*STATUSES, "tensors", "equal"}
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-
-
-def write(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
-    if path.suffix == ".safetensors":
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-    else:
-        torch.save(tensors, path)
-    return path
 
 
 def base() -> dict[str, torch.Tensor]:
@@ -92,8 +83,8 @@ def entry(doc: dict, name: str) -> dict:
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_identical_files(tmp_path: Path, suffix: str) -> None:
-    a = write(tmp_path / f"a{suffix}", base())
-    b = write(tmp_path / f"b{suffix}", base())
+    a = save_checkpoint(tmp_path / f"a{suffix}", base())
+    b = save_checkpoint(tmp_path / f"b{suffix}", base())
     code, doc = diff_json(a, b)
     assert code == 0
     assert statuses(doc) == dict.fromkeys(base(), "identical")
@@ -115,9 +106,9 @@ def test_same_file_twice(tmp_path: Path) -> None:
 
 def test_reordered_keys_are_equal(tmp_path: Path) -> None:
     t = base()
-    a = write(tmp_path / "a.safetensors", t)
-    b = write(tmp_path / "b.pt", dict(reversed(list(t.items()))))
-    c = write(tmp_path / "c.pt", t)
+    a = save_checkpoint(tmp_path / "a.safetensors", t)
+    b = save_checkpoint(tmp_path / "b.pt", dict(reversed(list(t.items()))))
+    c = save_checkpoint(tmp_path / "c.pt", t)
     code, doc = diff_json(a, b)
     assert code == 0
     assert set(statuses(doc).values()) == {"identical"}
@@ -127,8 +118,8 @@ def test_reordered_keys_are_equal(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("sa", "sb"), [(".pt", ".safetensors"), (".safetensors", ".pt")])
 def test_cross_format_pairs_are_equal(tmp_path: Path, sa: str, sb: str) -> None:
-    a = write(tmp_path / f"a{sa}", base())
-    b = write(tmp_path / f"b{sb}", base())
+    a = save_checkpoint(tmp_path / f"a{sa}", base())
+    b = save_checkpoint(tmp_path / f"b{sb}", base())
     code, doc = diff_json(a, b)
     assert code == 0
     assert set(statuses(doc).values()) == {"identical"}
@@ -146,8 +137,8 @@ def test_sample_pt_vs_safetensors_and_sharded(tmp_path: Path) -> None:
 
 def test_nan_at_same_positions_is_equal(tmp_path: Path) -> None:
     w = torch.tensor([[1.0, math.nan, 3.0], [math.inf, -math.inf, 6.0]])
-    a = write(tmp_path / "a.safetensors", {"w": w})
-    b = write(tmp_path / "b.pt", {"w": w.clone()})
+    a = save_checkpoint(tmp_path / "a.safetensors", {"w": w})
+    b = save_checkpoint(tmp_path / "b.pt", {"w": w.clone()})
     code, doc = diff_json(a, b)
     assert code == 0
     assert statuses(doc) == {"w": "identical"}
@@ -158,8 +149,8 @@ def test_nan_with_other_bit_pattern_is_still_equal(tmp_path: Path) -> None:
     w2 = w.clone()
     w2.view(torch.int32)[1] = 0x7FC00001  # another NaN payload: the bytes differ, the value does not
     assert not torch.equal(w.view(torch.int32), w2.view(torch.int32))
-    a = write(tmp_path / "a.safetensors", {"w": w})
-    b = write(tmp_path / "b.safetensors", {"w": w2})
+    a = save_checkpoint(tmp_path / "a.safetensors", {"w": w})
+    b = save_checkpoint(tmp_path / "b.safetensors", {"w": w2})
     code, doc = diff_json(a, b)
     assert code == 0
     assert statuses(doc)["w"] in ("identical", "within_tolerance")
@@ -167,8 +158,8 @@ def test_nan_with_other_bit_pattern_is_still_equal(tmp_path: Path) -> None:
 
 
 def test_nan_vs_number_is_changed(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.safetensors", {"w": torch.tensor([1.0, math.nan, 3.0])})
-    b = write(tmp_path / "b.safetensors", {"w": torch.tensor([1.0, 2.0, 3.0])})
+    a = save_checkpoint(tmp_path / "a.safetensors", {"w": torch.tensor([1.0, math.nan, 3.0])})
+    b = save_checkpoint(tmp_path / "b.safetensors", {"w": torch.tensor([1.0, 2.0, 3.0])})
     code, doc = diff_json(a, b)
     assert code == 1
     e = entry(doc, "w")
@@ -178,8 +169,8 @@ def test_nan_vs_number_is_changed(tmp_path: Path) -> None:
     code, doc = diff_json(a, b, "--atol", "1e9", "--rtol", "1")
     assert code == 1 and statuses(doc)["w"] == "changed"
     # +inf vs -inf likewise
-    a = write(tmp_path / "c.safetensors", {"w": torch.tensor([math.inf])})
-    b = write(tmp_path / "d.safetensors", {"w": torch.tensor([-math.inf])})
+    a = save_checkpoint(tmp_path / "c.safetensors", {"w": torch.tensor([math.inf])})
+    b = save_checkpoint(tmp_path / "d.safetensors", {"w": torch.tensor([-math.inf])})
     code, doc = diff_json(a, b, "--atol", "1e9")
     assert code == 1 and statuses(doc)["w"] == "changed"
 
@@ -192,8 +183,8 @@ def test_changed_tensor_numbers(tmp_path: Path) -> None:
     tb["enc.weight"] = tb["enc.weight"].clone()
     tb["enc.weight"][0, :3] += torch.tensor([0.5, -0.25, 2.0])
     tb["enc.weight"][5, 4] = 0.0
-    a = write(tmp_path / "a.safetensors", ta)
-    b = write(tmp_path / "b.safetensors", tb)
+    a = save_checkpoint(tmp_path / "a.safetensors", ta)
+    b = save_checkpoint(tmp_path / "b.safetensors", tb)
     code, doc = diff_json(a, b)
     assert code == 1
     assert statuses(doc) == {
@@ -226,7 +217,7 @@ def test_changed_float64_and_bfloat16(tmp_path: Path) -> None:
     x = torch.linspace(-3, 3, 64, dtype=torch.float64).reshape(8, 8)
     y = x.clone()
     y[2, 2] += 1e-9
-    code, doc = diff_json(write(tmp_path / "a.pt", {"x": x}), write(tmp_path / "b.pt", {"x": y}))
+    code, doc = diff_json(save_checkpoint(tmp_path / "a.pt", {"x": x}), save_checkpoint(tmp_path / "b.pt", {"x": y}))
     assert code == 1
     e = entry(doc, "x")
     expected = abs(float(x[2, 2]) - float(y[2, 2]))
@@ -234,7 +225,9 @@ def test_changed_float64_and_bfloat16(tmp_path: Path) -> None:
     assert e["rel_l2_diff"] == pytest.approx(expected / float(np.linalg.norm(x.numpy())), rel=1e-12)
     xb = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.bfloat16)
     yb = torch.tensor([[1.0, 2.0], [3.0, 4.5]], dtype=torch.bfloat16)
-    code, doc = diff_json(write(tmp_path / "c.safetensors", {"b": xb}), write(tmp_path / "d.safetensors", {"b": yb}))
+    code, doc = diff_json(
+        save_checkpoint(tmp_path / "c.safetensors", {"b": xb}), save_checkpoint(tmp_path / "d.safetensors", {"b": yb})
+    )
     assert code == 1
     e = entry(doc, "b")
     assert e["status"] == "changed" and e["max_abs_diff"] == 0.5
@@ -242,8 +235,8 @@ def test_changed_float64_and_bfloat16(tmp_path: Path) -> None:
 
 
 def test_changed_integer_tensor(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.pt", {"steps": torch.tensor([1, 2, 3, 4])})
-    b = write(tmp_path / "b.pt", {"steps": torch.tensor([1, 2, 7, 4])})
+    a = save_checkpoint(tmp_path / "a.pt", {"steps": torch.tensor([1, 2, 3, 4])})
+    b = save_checkpoint(tmp_path / "b.pt", {"steps": torch.tensor([1, 2, 7, 4])})
     code, doc = diff_json(a, b)
     assert code == 1
     e = entry(doc, "steps")
@@ -253,7 +246,9 @@ def test_changed_integer_tensor(tmp_path: Path) -> None:
 def test_shape_changed(tmp_path: Path) -> None:
     ta, tb = base(), base()
     tb["enc.weight"] = ta["enc.weight"].reshape(5, 8)
-    code, doc = diff_json(write(tmp_path / "a.safetensors", ta), write(tmp_path / "b.safetensors", tb))
+    code, doc = diff_json(
+        save_checkpoint(tmp_path / "a.safetensors", ta), save_checkpoint(tmp_path / "b.safetensors", tb)
+    )
     assert code == 1
     e = entry(doc, "enc.weight")
     assert e["status"] == "shape_changed"
@@ -265,7 +260,7 @@ def test_shape_changed(tmp_path: Path) -> None:
 def test_dtype_changed(tmp_path: Path) -> None:
     ta, tb = base(), base()
     tb["enc.bias"] = ta["enc.bias"].to(torch.float16)
-    code, doc = diff_json(write(tmp_path / "a.pt", ta), write(tmp_path / "b.pt", tb))
+    code, doc = diff_json(save_checkpoint(tmp_path / "a.pt", ta), save_checkpoint(tmp_path / "b.pt", tb))
     assert code == 1
     e = entry(doc, "enc.bias")
     assert e["status"] == "dtype_changed"
@@ -273,7 +268,9 @@ def test_dtype_changed(tmp_path: Path) -> None:
     assert e["shape_a"] == e["shape_b"] == [8]
     assert doc["summary"]["dtype_changed"] == 1
     # no tolerance hides a dtype change
-    code, _ = diff_json(write(tmp_path / "a.pt", ta), write(tmp_path / "b.pt", tb), "--atol", "1", "--rtol", "1")
+    code, _ = diff_json(
+        save_checkpoint(tmp_path / "a.pt", ta), save_checkpoint(tmp_path / "b.pt", tb), "--atol", "1", "--rtol", "1"
+    )
     assert code == 1
 
 
@@ -281,7 +278,7 @@ def test_only_in_a_and_only_in_b(tmp_path: Path) -> None:
     ta, tb = base(), base()
     ta["old.weight"] = torch.ones(2, 2)
     tb["new.weight"] = torch.ones(3)
-    code, doc = diff_json(write(tmp_path / "a.safetensors", ta), write(tmp_path / "b.pt", tb))
+    code, doc = diff_json(save_checkpoint(tmp_path / "a.safetensors", ta), save_checkpoint(tmp_path / "b.pt", tb))
     assert code == 1
     old, new = entry(doc, "old.weight"), entry(doc, "new.weight")
     assert old["status"] == "only_in_a"
@@ -307,8 +304,8 @@ def test_only_in_a_and_only_in_b(tmp_path: Path) -> None:
 def small_change(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
     x = torch.linspace(1.0, 2.0, 20).reshape(4, 5)
     y = x + 1e-4
-    a = write(tmp_path / "a.safetensors", {"w": x, "same": torch.ones(3)})
-    b = write(tmp_path / "b.safetensors", {"w": y, "same": torch.ones(3)})
+    a = save_checkpoint(tmp_path / "a.safetensors", {"w": x, "same": torch.ones(3)})
+    b = save_checkpoint(tmp_path / "b.safetensors", {"w": y, "same": torch.ones(3)})
     return a, b, x.numpy().astype(np.float64), y.numpy().astype(np.float64)
 
 
@@ -343,8 +340,8 @@ def test_tolerance_is_allclose_rule(tmp_path: Path) -> None:
     """|a - b| <= atol + rtol * |b| element-wise, the rule of torch.allclose."""
     x = torch.tensor([0.0, 1.0, 10.0, 100.0], dtype=torch.float64)
     y = torch.tensor([0.05, 1.05, 10.3, 103.0], dtype=torch.float64)
-    a = write(tmp_path / "a.pt", {"t": x})
-    b = write(tmp_path / "b.pt", {"t": y})
+    a = save_checkpoint(tmp_path / "a.pt", {"t": x})
+    b = save_checkpoint(tmp_path / "b.pt", {"t": y})
     for atol, rtol in [(0.1, 0.0), (0.06, 0.02), (0.0, 0.05), (0.05, 0.03), (0.04, 0.01)]:
         expected_close = torch.isclose(x, y, rtol=rtol, atol=atol)
         code, doc = diff_json(a, b, "--atol", str(atol), "--rtol", str(rtol))
@@ -353,7 +350,7 @@ def test_tolerance_is_allclose_rule(tmp_path: Path) -> None:
 
 
 def test_negative_tolerance_is_usage_error(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.pt", base())
+    a = save_checkpoint(tmp_path / "a.pt", base())
     assert_one_error_line(run_cli("diff", a, a, "--atol", "-1"))
     assert_one_error_line(run_cli("diff", a, a, "--rtol", "-0.5"))
 
@@ -365,8 +362,8 @@ def test_match(tmp_path: Path) -> None:
     ta, tb = base(), base()
     tb["enc.weight"] = ta["enc.weight"] + 1
     tb["extra"] = torch.ones(2)
-    a = write(tmp_path / "a.safetensors", ta)
-    b = write(tmp_path / "b.safetensors", tb)
+    a = save_checkpoint(tmp_path / "a.safetensors", ta)
+    b = save_checkpoint(tmp_path / "b.safetensors", tb)
     assert diff_json(a, b)[0] == 1
     code, doc = diff_json(a, b, "--match", r"^dec\.", "--match", "bias$")  # a union
     assert code == 0
@@ -381,7 +378,7 @@ def test_match(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_one_error_line(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.pt", base())
+    a = save_checkpoint(tmp_path / "a.pt", base())
     for args in [(a, tmp_path / "nope.pt"), (tmp_path / "nope.pt", a)]:
         r = run_cli("diff", *args, "--format", "json")
         assert_one_error_line(r)
@@ -390,7 +387,7 @@ def test_missing_file_is_one_error_line(tmp_path: Path) -> None:
 
 
 def test_corrupt_file_is_one_error_line(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.pt", base())
+    a = save_checkpoint(tmp_path / "a.pt", base())
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(os.urandom(300))
     r = run_cli("diff", a, bad)
@@ -399,7 +396,7 @@ def test_corrupt_file_is_one_error_line(tmp_path: Path) -> None:
 
 
 def test_bad_usage(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.pt", base())
+    a = save_checkpoint(tmp_path / "a.pt", base())
     assert_one_error_line(run_cli("diff", a))  # B missing
     assert_one_error_line(run_cli("diff", a, a, "--format", "xml"))
     assert_one_error_line(run_cli("diff", a, a, "--no-such-option"))

@@ -7,20 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from conftest import SAMPLES, run_cli
+from conftest import SAMPLES, run_cli, save_checkpoint
 from pinit import Selector, inspect_checkpoint, open_checkpoint
 
 HEALTHY = torch.tensor([[0.5, -0.25], [0.125, 1.0]])
-
-
-def write(tensors: dict[str, torch.Tensor], path: Path) -> Path:
-    if path.suffix == ".safetensors":
-        save_file({k: v.contiguous() for k, v in tensors.items()}, path)
-    else:
-        torch.save(tensors, path)
-    return path
 
 
 def cli_flags(path: Path, *args: str) -> dict[str, list[dict]]:
@@ -58,14 +49,14 @@ def ext(request) -> str:
 def test_nan(tmp_path, ext):
     bad = HEALTHY.clone()
     bad[0, 1] = math.nan
-    flags = both(write({"bad": bad, "good": HEALTHY}, tmp_path / f"m.{ext}"))
+    flags = both(save_checkpoint(tmp_path / f"m.{ext}", {"bad": bad, "good": HEALTHY}))
     assert flags["bad"] == [{"code": "nan", "severity": "error", "message": "1 NaN of 4 values"}]
     assert flags["good"] == []
 
 
 def test_inf(tmp_path, ext):
     bad = torch.tensor([[math.inf, 1.0, -math.inf], [0.5, 0.5, 2.0]])
-    flags = both(write({"bad": bad, "good": bad.nan_to_num(posinf=3.0, neginf=-3.0)}, tmp_path / f"m.{ext}"))
+    flags = both(save_checkpoint(tmp_path / f"m.{ext}", {"bad": bad, "good": bad.nan_to_num(posinf=3.0, neginf=-3.0)}))
     assert codes(flags["bad"]) == ["inf"]
     (f,) = flags["bad"]
     assert f["severity"] == "error"
@@ -89,7 +80,7 @@ def test_subnormal(tmp_path, dtype, value, flagged):
     bad = torch.tensor([[value, 1.0], [0.5, -0.5], [0.25, 2.0]], dtype=torch.float64).to(dtype)
     good = torch.tensor([[1.0, 1.0], [0.5, -0.5], [0.25, 2.0]], dtype=torch.float64).to(dtype)
     assert 0 < abs(float(bad[0, 0])) < torch.finfo(dtype).tiny  # really a subnormal of this dtype
-    path = write({"bad": bad, "good": good}, tmp_path / "m.safetensors")
+    path = save_checkpoint(tmp_path / "m.safetensors", {"bad": bad, "good": good})
     r = run_cli("inspect", path, "--format", "json")
     docs = {t["name"]: t for t in r.json()["tensors"]}
     assert docs["bad"]["stats"]["subnormal"] == 1  # counted for every dtype ...
@@ -111,7 +102,7 @@ def test_huge_default_and_max_abs(tmp_path, ext):
         "mid": torch.tensor([[5e5, 1.0], [0.5, 0.25]]),
         "inf": torch.tensor([[math.inf, 1.0], [0.5, 0.25]]),  # Inf is not a finite huge value
     }
-    path = write(tensors, tmp_path / f"m.{ext}")
+    path = save_checkpoint(tmp_path / f"m.{ext}", tensors)
     flags = both(path)
     assert codes(flags["huge"]) == ["huge"]
     assert flags["huge"][0]["severity"] == "error"
@@ -140,7 +131,7 @@ def test_all_zero(tmp_path, ext):
         "empty": torch.zeros(0, 3),
         "healthy": HEALTHY,
     }
-    flags = both(write(tensors, tmp_path / f"m.{ext}"))
+    flags = both(save_checkpoint(tmp_path / f"m.{ext}", tensors))
     assert flags["w"] == [{"code": "all_zero", "severity": "warning", "message": "all 12 values are 0"}]
     assert codes(flags["negzero"]) == ["all_zero"]
     assert codes(flags["conv"]) == ["all_zero"] and "54" in flags["conv"][0]["message"]
@@ -156,7 +147,7 @@ def test_constant(tmp_path, ext):
         "vec": torch.full((8,), 0.5),  # 1-D constants (norm weights) are normal
         "almost": torch.tensor([[0.5, 0.5], [0.5, 0.5000001]]),
     }
-    flags = both(write(tensors, tmp_path / f"m.{ext}"))
+    flags = both(save_checkpoint(tmp_path / f"m.{ext}", tensors))
     assert flags["half"] == [{"code": "constant", "severity": "warning", "message": "all 12 values equal 0.5"}]
     assert codes(flags["neg"]) == ["constant"] and "-7" in flags["neg"][0]["message"]
     for name in ("one", "vec", "almost"):
@@ -180,7 +171,7 @@ def test_duplicate_separate_storage(tmp_path, ext):
         "ia": torch.arange(6).reshape(2, 3),
         "ib": torch.arange(6).reshape(2, 3),  # integer tensors are never flagged
     }
-    flags = both(write(tensors, tmp_path / f"m.{ext}"))
+    flags = both(save_checkpoint(tmp_path / f"m.{ext}", tensors))
     for name, others in (("a", ["b", "c"]), ("b", ["a", "c"]), ("c", ["a", "b"])):
         (f,) = flags[name]
         assert (f["code"], f["severity"]) == ("duplicate", "warning")
@@ -191,7 +182,9 @@ def test_duplicate_separate_storage(tmp_path, ext):
 
 def test_tied_weights_are_not_duplicates(tmp_path):
     emb = torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
-    path = write({"embed.weight": emb, "norm.weight": torch.ones(4), "lm_head.weight": emb}, tmp_path / "tied.pt")
+    path = save_checkpoint(
+        tmp_path / "tied.pt", {"embed.weight": emb, "norm.weight": torch.ones(4), "lm_head.weight": emb}
+    )
     r = run_cli("inspect", path, "--format", "json")
     assert r.exit_code == 0
     doc = r.json()
@@ -213,7 +206,7 @@ def test_tied_weights_are_not_duplicates(tmp_path):
 def test_views_of_one_storage_are_neither_tied_nor_duplicate(tmp_path):
     base = torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(3))
     base[1] = base[0]
-    path = write({"first": base[0], "second": base[1]}, tmp_path / "views.pt")
+    path = save_checkpoint(tmp_path / "views.pt", {"first": base[0], "second": base[1]})
     doc = run_cli("inspect", path, "--format", "json").json()
     assert doc["summary"]["tied"] == []
     assert all(t["tied_with"] == [] for t in doc["tensors"])
@@ -229,7 +222,7 @@ def test_integer_tensors_never_flagged(tmp_path, ext):
         "mask": torch.zeros(3, 3, dtype=torch.bool),
         "u8": torch.full((2, 2), 255, dtype=torch.uint8),
     }
-    flags = both(write(tensors, tmp_path / f"m.{ext}"))
+    flags = both(save_checkpoint(tmp_path / f"m.{ext}", tensors))
     assert flags == {n: [] for n in tensors}
 
 
@@ -238,7 +231,7 @@ def test_scalars_and_optimizer_step_not_flagged(tmp_path):
         "model": {"w": HEALTHY, "scale": torch.tensor(0.0), "temp": torch.tensor(0.5)},
         "optimizer": {"state": {0: {"step": torch.tensor(120.0), "exp_avg": HEALTHY * 1e-3}}},
     }
-    path = write(ckpt, tmp_path / "train.pt")
+    path = save_checkpoint(tmp_path / "train.pt", ckpt)
     flags = both(path)
     assert set(flags) == {"model.w", "model.scale", "model.temp", "optimizer.state.0.step", "optimizer.state.0.exp_avg"}
     assert all(f == [] for f in flags.values()), flags
@@ -247,13 +240,13 @@ def test_scalars_and_optimizer_step_not_flagged(tmp_path):
 def test_flags_messages_carry_counts_for_large_tensors(tmp_path):
     t = torch.randn(64, 64, generator=torch.Generator().manual_seed(4))
     t.view(-1)[::1000] = math.nan  # 5 NaN of 4096
-    flags = cli_flags(write({"t": t}, tmp_path / "m.safetensors"))
+    flags = cli_flags(save_checkpoint(tmp_path / "m.safetensors", {"t": t}))
     assert flags["t"][0]["message"] == "5 NaN of 4096 values"
 
 
 def test_several_flags_on_one_tensor(tmp_path):
     t = torch.tensor([[math.nan, math.inf], [1e-40, 5e9]])
-    doc = run_cli("inspect", write({"t": t}, tmp_path / "m.safetensors"), "--format", "json").json()
+    doc = run_cli("inspect", save_checkpoint(tmp_path / "m.safetensors", {"t": t}), "--format", "json").json()
     assert codes(doc["tensors"][0]["flags"]) == ["huge", "inf", "nan", "subnormal"]
     assert doc["summary"]["errors"] == 4 and doc["summary"]["warnings"] == 0
 
@@ -264,7 +257,8 @@ def test_several_flags_on_one_tensor(tmp_path):
 def flagged_fixture(tmp_path: Path) -> Path:
     nan = HEALTHY.clone()
     nan[1, 1] = math.nan
-    return write(
+    return save_checkpoint(
+        tmp_path / "m.safetensors",
         {
             "enc.nan": nan,
             "enc.zero": torch.zeros(3, 3),  # a warning only
@@ -273,7 +267,6 @@ def flagged_fixture(tmp_path: Path) -> Path:
             "dec.ok": HEALTHY.clone() + 1,
             "dec.const": torch.full((2, 2), 3.0),  # a warning only
         },
-        tmp_path / "m.safetensors",
     )
 
 
