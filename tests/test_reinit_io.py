@@ -1054,8 +1054,13 @@ def test_cli_output_is_complete_when_torch_was_loaded(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     doc = r.json()
     assert len(doc["tensors"]) == 3000
-    r = run_subprocess("reinit", src, "--match", "^nothing$", "--scheme", "normal")
+    r = run_subprocess("reinit", src, "--match", "^nothing$", "--scheme", "normal")  # fails before torch loads
     assert r.exit_code == 2 and r.stderr.startswith("error:")
+    # fails after torch has drawn the values (torch output, into a folder that does not exist)
+    missing = tmp_path / "missing" / "out.pt"
+    r = run_subprocess("reinit", src, "--match", ".", "--scheme", "normal", "--out", missing)
+    assert r.exit_code == 2 and r.stderr.startswith("error:") and len(r.stderr.splitlines()) == 1, r.stderr
+    assert not missing.parent.exists()
 
 
 def test_main_called_from_python_returns_control_after_torch_was_loaded(tmp_path: Path) -> None:
