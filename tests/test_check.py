@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from conftest import ROOT, SAMPLES, assert_one_error_line, run_cli, save_checkpoint
 
 TOP_KEYS = {"files", "summary", "exit_code"}
-FILE_KEYS = {"path", "format", "tensors", "status", "findings"}
+FILE_KEYS = {"path", "format", "tensors", "status", "coverage", "findings"}
 FINDING_KEYS = {"tensor", "code", "severity", "message"}
 SUMMARY_KEYS = {"files", "failed_files", "errors", "warnings", "fail_on"}
 GITHUB_LINE = re.compile(r"^::(error|warning) file=[^,]+,title=[^:]+::.+$")

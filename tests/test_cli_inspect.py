@@ -22,7 +22,7 @@ TOP_KEYS = {"path", "format", "tensors", "summary"}
 TENSOR_KEYS = {"name", "shape", "dtype", "numel", "nbytes", "requires_grad", "tied_with", "stats", "flags"}
 STATS_KEYS = {"mean", "std", "min", "max", "abs_max", "zeros", "nan", "inf", "subnormal"}
 FLAG_KEYS = {"code", "severity", "message"}
-SUMMARY_KEYS = {"tensors", "parameters", "bytes", "by_dtype", "errors", "warnings"}
+SUMMARY_KEYS = {"tensors", "parameters", "bytes", "by_dtype", "errors", "warnings", "tied", "coverage"}
 
 
 def mixed_tensors() -> dict[str, torch.Tensor]:

@@ -11,8 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pinit.checkpoint import CHECKPOINT_SUFFIXES, INDEX_SUFFIXES, Checkpoint, LoadOptions, open_checkpoint
-from pinit.errors import PinitError
+from pinit.checkpoint import (
+    CHECKPOINT_SUFFIXES,
+    INDEX_SUFFIXES,
+    Checkpoint,
+    Coverage,
+    LoadOptions,
+    open_checkpoint,
+)
+from pinit.errors import PinitError, UnsafeGlobalError
 from pinit.flags import DEFAULT_MAX_ABS, ERROR, FLAG_CODES, WARNING, duplicate_groups, duplicate_message, value_flags
 from pinit.inspect import compute_all_stats
 from pinit.selection import Selector, compile_patterns
@@ -27,6 +34,7 @@ CHECK_CODES: dict[str, str] = {
     **{code: sev for code, (sev, _) in FLAG_CODES.items()},
     **dict.fromkeys(REFERENCE_CODES, ERROR),
     "unreadable": ERROR,
+    "no_tensors": ERROR,
 }
 SEVERITIES = ("off", WARNING, ERROR)
 _RANK = {WARNING: 1, ERROR: 2}
@@ -38,9 +46,14 @@ class Finding:
     severity: str
     message: str
     tensor: str | None = None
+    globals: tuple[str, ...] = ()  # unreadable because of refused pickle globals: every one of them
 
     def as_json(self) -> dict[str, Any]:
-        return {"tensor": self.tensor, "code": self.code, "severity": self.severity, "message": self.message}
+        doc: dict[str, Any] = {"tensor": self.tensor, "code": self.code, "severity": self.severity}
+        doc["message"] = self.message
+        if self.globals:
+            doc["globals"] = list(self.globals)
+        return doc
 
 
 @dataclass
@@ -50,6 +63,7 @@ class FileResult:
     tensors: int
     findings: list[Finding]
     fail_on: str
+    coverage: Coverage | None = None  # None when unreadable
 
     @property
     def failed(self) -> bool:
@@ -61,6 +75,7 @@ class FileResult:
             "format": self.format,
             "tensors": self.tensors,
             "status": "fail" if self.failed else "pass",
+            "coverage": self.coverage.as_json() if self.coverage is not None else None,
             "findings": [f.as_json() for f in self.findings],
         }
 
@@ -260,6 +275,11 @@ def check_checkpoint(ckpt: Checkpoint, settings: CheckSettings, reference: Check
             findings.append(Finding("duplicate", WARNING, duplicate_message(name, group), name))
     if reference is not None:
         findings += compare_reference(entries, [e for e in reference.tensors if selector(e.name)])
+    problem = ckpt.coverage.problem() if ckpt.coverage is not None else None
+    if problem is None and not ckpt.tensors:
+        problem = "no tensor found in the file"
+    if problem is not None:  # never pass what was not read
+        findings.insert(0, Finding("no_tensors", ERROR, problem))
     return _apply_rules(findings, settings)
 
 
@@ -287,7 +307,7 @@ def _apply_rules(findings: Sequence[Finding], settings: CheckSettings) -> list[F
     for f in findings:
         sev = settings.severity(f.code)
         if sev != "off":
-            out.append(Finding(f.code, sev, f.message, f.tensor))
+            out.append(Finding(f.code, sev, f.message, f.tensor, f.globals))
     return out
 
 
@@ -307,10 +327,12 @@ def run_check(paths: Sequence[str], settings: CheckSettings, load_options: LoadO
             try:
                 with open_checkpoint(path, load_options) as ckpt:
                     findings = check_checkpoint(ckpt, settings, reference)
-                    results.append(FileResult(path, ckpt.format, len(ckpt.tensors), findings, settings.fail_on))
+                    results.append(
+                        FileResult(path, ckpt.format, len(ckpt.tensors), findings, settings.fail_on, ckpt.coverage)
+                    )
             except PinitError as e:
-                msg = e.message
-                finding = Finding("unreadable", settings.severity("unreadable"), msg)
+                refused = tuple(e.globals) if isinstance(e, UnsafeGlobalError) else ()
+                finding = Finding("unreadable", settings.severity("unreadable"), e.message, None, refused)
                 kept = [finding] if finding.severity != "off" else []
                 results.append(FileResult(path, None, 0, kept, settings.fail_on))
     finally:

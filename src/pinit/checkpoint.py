@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pinit.errors import PinitError
-from pinit.flatten import flatten
+from pinit.flatten import flatten, hidden_tensors
 from pinit.formats import safetensors as st
 from pinit.formats import torch_zip
 from pinit.formats.pickle_safety import DEFAULT_ALLOWED_GLOBALS, parse_global
@@ -40,6 +40,50 @@ class LoadOptions:
 
 
 @dataclass
+class Coverage:
+    """What pinit read of what it found (SPEC section 1, "never pass what was not read").
+
+    ``uninterpreted`` names each place that holds tensors pinit did not read: an object it does
+    not interpret (a pickled ``nn.Module``, a placeholder for an allowed global), or a container
+    format it does not read yet (a TorchScript archive).
+    """
+
+    tensors_found: int
+    tensors_read: int
+    uninterpreted: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.tensors_read > 0 and not self.uninterpreted
+
+    def problem(self) -> str | None:
+        """One sentence on what was not read, or None when every tensor found was read."""
+        if self.uninterpreted:
+            shown = "; ".join(self.uninterpreted[:5]) + (
+                f"; and {len(self.uninterpreted) - 5} more" if len(self.uninterpreted) > 5 else ""
+            )
+            return (
+                f"{self.tensors_found - self.tensors_read} of {self.tensors_found} tensors found were not read "
+                f"(content pinit does not interpret: {shown})"
+            )
+        if self.tensors_read == 0:
+            return "no tensor found in the file"
+        return None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "tensors_found": self.tensors_found,
+            "tensors_read": self.tensors_read,
+            "uninterpreted": list(self.uninterpreted),
+        }
+
+    @classmethod
+    def of_tree(cls, tree: Any, is_tensor: Any, read: int) -> Coverage:
+        hidden = hidden_tensors(tree, is_tensor)
+        return cls(read + sum(h.tensors for h in hidden), read, [h.describe() for h in hidden])
+
+
+@dataclass
 class Checkpoint:
     """The tensors of one checkpoint, in file order, with what is needed to write it back."""
 
@@ -53,6 +97,7 @@ class Checkpoint:
     legacy: bool = False  # a legacy (non-zip) torch pickle
     loaded_by_torch: bool = False
     tree: Any = None  # torch pickles: the unpickled object tree (tensors or placeholders as leaves)
+    coverage: Coverage | None = None  # None: every tensor found was read (set by open_checkpoint)
 
     def close(self) -> None:
         for fd in self.fds:
@@ -76,11 +121,14 @@ def open_checkpoint(path: str | os.PathLike[str], options: LoadOptions | None = 
     options = options or LoadOptions()
     text = os.fspath(path)
     try:
-        return _open(text, options)
+        ckpt = _open(text, options)
     except PinitError as e:
         if e.path is None:
             e.path = text
         raise
+    if ckpt.coverage is None:
+        ckpt.coverage = Coverage(len(ckpt.tensors), len(ckpt.tensors))
+    return ckpt
 
 
 def _open(path: str, options: LoadOptions) -> Checkpoint:
@@ -151,8 +199,11 @@ def _open_torch_zip(path: str, fd: int, options: LoadOptions) -> Checkpoint:
         return _open_with_torch(path, options, mmap=True)
     try:
         zc = torch_zip.read_zip(path, fd, options.allowed)
-        leaves = flatten(zc.obj, lambda x: isinstance(x, torch_zip.TensorRef))
-        return Checkpoint(path, "torch", torch_zip.to_entries(zc, leaves), tree=zc.obj)
+        is_ref = lambda x: isinstance(x, torch_zip.TensorRef)  # noqa: E731
+        leaves = flatten(zc.obj, is_ref)
+        entries = torch_zip.to_entries(zc, leaves)
+        coverage = Coverage.of_tree(zc.obj, is_ref, len(entries))
+        return Checkpoint(path, "torch", entries, tree=zc.obj, coverage=coverage)
     except torch_zip.NeedsTorch:
         return _open_with_torch(path, options, mmap=True)
 
@@ -161,7 +212,9 @@ def _open_with_torch(path: str, options: LoadOptions, mmap: bool) -> Checkpoint:
     from pinit.formats import torch_load
 
     obj = torch_load.torch_load(path, options.allowed, options.unsafe_pickle, mmap)
-    return Checkpoint(path, "torch", torch_load.to_entries(obj), loaded_by_torch=True, tree=obj)
+    entries = torch_load.to_entries(obj)
+    coverage = Coverage.of_tree(obj, torch_load.is_torch_tensor, len(entries))
+    return Checkpoint(path, "torch", entries, loaded_by_torch=True, tree=obj, coverage=coverage)
 
 
 def _open_sharded(index_path: Path, options: LoadOptions) -> Checkpoint:
@@ -203,7 +256,13 @@ def _open_sharded(index_path: Path, options: LoadOptions) -> Checkpoint:
         for s in shards:
             s.close()
         raise
-    return Checkpoint(str(index_path), "sharded", tensors, shards=shards, index=doc)
+    coverage = Coverage(0, 0)
+    for shard, name in zip(shards, shard_names):
+        c = shard.coverage or Coverage(len(shard.tensors), len(shard.tensors))
+        coverage.tensors_found += c.tensors_found
+        coverage.tensors_read += c.tensors_read
+        coverage.uninterpreted += [f"{name}: {u}" for u in c.uninterpreted]
+    return Checkpoint(str(index_path), "sharded", tensors, shards=shards, index=doc, coverage=coverage)
 
 
 def _shard_path(folder: Path, name: str, index_path: Path) -> Path:

@@ -133,3 +133,89 @@ def set_path(obj: Any, path: tuple[PathKey, ...], value: Any) -> Any:
         return type(obj)(items) if type(obj) is tuple else type(obj)(*items)
     obj[key] = child
     return obj
+
+
+@dataclass(frozen=True)
+class Hidden:
+    """Tensors that lie inside an object pinit does not interpret (a pickled ``nn.Module``, a
+    placeholder for an allowed global...): found in the file, but not listed or read."""
+
+    name: str  # the flat name of the object ("" for the root)
+    type_name: str  # "module.Class"
+    tensors: int
+
+    def describe(self) -> str:
+        where = self.name or "<root>"
+        return f"{where}: a {self.type_name} object holding {self.tensors} tensor(s)"
+
+
+MAX_HIDDEN_NODES = 2_000_000
+
+
+def _type_name(x: Any) -> str:
+    full = getattr(type(x), "_pinit_global", None)  # a placeholder names the global it stands for
+    return full if isinstance(full, str) else f"{type(x).__module__}.{type(x).__qualname__}"
+
+
+def _children(x: Any) -> Iterator[Any]:
+    if isinstance(x, Mapping):
+        for k, v in x.items():
+            yield k
+            yield v
+    elif isinstance(x, (list, tuple, set, frozenset)):
+        yield from x
+    else:
+        d = getattr(x, "__dict__", None)
+        if isinstance(d, dict):
+            yield from d.values()
+
+
+def hidden_tensors(obj: Any, is_tensor: Callable[[Any], bool]) -> list[Hidden]:
+    """The objects under ``obj`` that are neither containers nor tensors but hold tensors,
+    outermost first, each with the count of distinct tensors inside it.
+
+    Containers are walked as :func:`iter_tensors` walks them; inside a foreign object every
+    attribute, item and argument is searched, each object once.
+    """
+    out: list[Hidden] = []
+    seen: set[int] = set()  # containers walked on the way
+    budget = [MAX_HIDDEN_NODES]
+
+    def count_inside(root: Any) -> int:
+        found: set[int] = set()
+        visited: set[int] = set()
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise PinitError("the pickle's objects are too many to search for tensors")
+            if is_tensor(node):
+                found.add(id(node))
+                continue
+            if isinstance(node, (str, bytes, bytearray, int, float, complex, bool)) or node is None:
+                continue
+            stack.extend(_children(node))
+        return len(found)
+
+    def walk(node: Any, prefix: str, depth: int) -> None:
+        if is_tensor(node) or id(node) in seen or depth > MAX_DEPTH:
+            return
+        if isinstance(node, (Mapping, list, tuple)):
+            seen.add(id(node))
+            items = node.items() if isinstance(node, Mapping) else enumerate(node)
+            for key, child in items:
+                text = _key_text(key)
+                walk(child, f"{prefix}.{text}" if prefix else text, depth + 1)
+            return
+        if isinstance(node, (str, bytes, bytearray, int, float, complex, bool)) or node is None:
+            return
+        n = count_inside(node)
+        if n:
+            out.append(Hidden(prefix, _type_name(node), n))
+
+    walk(obj, "", 0)
+    return out

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pinit.checkpoint import Checkpoint
+from pinit.checkpoint import Checkpoint, Coverage
 from pinit.errors import PinitError
 from pinit.flags import (
     DEFAULT_MAX_ABS,
@@ -70,6 +70,7 @@ class Report:
     format: str
     tensors: list[TensorReport]
     tied: list[list[str]]
+    coverage: Coverage | None = None
 
     def summary(self) -> dict[str, Any]:
         params = 0
@@ -93,6 +94,7 @@ class Report:
             "errors": sum(f.severity == ERROR for f in flags),
             "warnings": sum(f.severity == WARNING for f in flags),
             "tied": self.tied,
+            "coverage": (self.coverage or Coverage(len(self.tensors), len(self.tensors))).as_json(),
         }
 
     def as_json(self) -> dict[str, Any]:
@@ -207,4 +209,4 @@ def inspect_checkpoint(
         reports.sort(key=lambda r: r.name)
     elif sort == "size":
         reports.sort(key=lambda r: (-r.entry.nbytes, r.entry.index))
-    return Report(ckpt.path, ckpt.format, reports, tied)
+    return Report(ckpt.path, ckpt.format, reports, tied, ckpt.coverage)

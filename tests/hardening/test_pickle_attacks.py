@@ -47,6 +47,7 @@ import pytest
 import torch
 
 from conftest import Result, assert_one_error_line, run_cli
+from pinit.errors import runs_code
 
 # ---------------------------------------------------------------- building malicious pickles
 
@@ -260,7 +261,9 @@ def _pickles_in(blob: bytes) -> list[bytes]:
 def error_names_global(r: Result, case: Case) -> None:
     assert_one_error_line(r)
     assert f"'{case.global_name}'" in r.stderr, r.stderr  # as Python 3 names it, on the zip and torch paths
-    assert "--allow-global" in r.stderr and "--unsafe-pickle" in r.stderr, r.stderr
+    # every payload runs code: named as code execution, and --allow-global is never suggested
+    assert runs_code(case.global_name), case.global_name
+    assert "code execution" in r.stderr and "--allow-global" not in r.stderr, r.stderr
 
 
 PLACEMENTS = [

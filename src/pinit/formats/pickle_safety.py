@@ -8,9 +8,6 @@ torch's own ``safe_globals`` mechanism; ``--allow-global module.Name`` adds more
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from pinit.errors import PinitError
 
 # Data-only types that weights_only refuses but training checkpoints hold.
@@ -43,22 +40,3 @@ def parse_global(spec: str) -> str:
     if len(parts) < 2 or not all(p.isidentifier() for p in parts):
         raise PinitError(f"--allow-global expects module.Name, got '{spec}'")
     return spec.strip()
-
-
-def resolve_globals(names: list[str] | tuple[str, ...]) -> list[Any]:
-    """The objects behind ``module.Name`` strings, for torch's ``safe_globals``.
-
-    Only importable objects are returned; a name that does not resolve is
-    skipped for torch (it cannot appear in a file that loads anyway).
-    """
-    out = []
-    for full in names:
-        module, _, name = full.rpartition(".")
-        try:
-            obj: Any = importlib.import_module(module)
-            for part in name.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError):
-            continue
-        out.append(obj)
-    return out

@@ -17,7 +17,6 @@ import numpy as np
 from pinit import dtypes
 from pinit.errors import PinitError, UnsafeGlobalError
 from pinit.flatten import flatten
-from pinit.formats.pickle_safety import DEFAULT_ALLOWED_GLOBALS, resolve_globals
 from pinit.formats.torch_zip import (
     PLACEHOLDER_PICKLE,
     NeedsTorch,
@@ -85,25 +84,25 @@ def torch_load(path: str, allowed: frozenset[str], unsafe: bool, mmap: bool) -> 
 
 
 def safe_globals(allowed: frozenset[str]) -> list[Any]:
-    """What torch's ``safe_globals`` gets: the default allowlist's own (data-only) types, and an
-    inert placeholder for each --allow-global name, so torch never calls a global from the file
-    that only the user vouched for (it would call ``builtins.exec`` as readily as a class)."""
-    defaults = sorted(g for g in allowed if g in DEFAULT_ALLOWED_GLOBALS)
-    extra = sorted({canonical_global(g) for g in allowed if g not in DEFAULT_ALLOWED_GLOBALS})
-    out: list[Any] = list(resolve_globals(defaults))
-    for g in extra:  # torch looks names up as the file spells them: register the Python 2 spelling too
+    """What torch's ``safe_globals`` gets: an inert placeholder for every admitted name, the
+    default allowlist's included, so torch never calls a global from the file. A real
+    ``Fraction("1e1000000000")`` or ``Decimal`` would be evaluated into a billion-digit number
+    (hours); a placeholder records its arguments, and torch would call ``builtins.exec`` as
+    readily as a class for a name the user vouched for."""
+    out: list[Any] = []
+    for g in sorted({canonical_global(g) for g in allowed}):
         placeholder = opaque_class(g)
+        # torch looks names up as the file spells them: register the Python 2 spelling too
         out += [(placeholder, name) for name in sorted({g, py2_global(g)})]
     return out
 
 
 def pickle_module_for(allowed: frozenset[str], unsafe: bool) -> Any:
-    """The pickle module for torch.save of a tree that :func:`torch_load` built."""
+    """The pickle module for torch.save of a tree that :func:`torch_load` built: placeholders
+    are written back as the globals they stand for, built the same way."""
     import pickle
 
-    if unsafe or all(g in DEFAULT_ALLOWED_GLOBALS for g in allowed):
-        return pickle
-    return PLACEHOLDER_PICKLE
+    return pickle if unsafe else PLACEHOLDER_PICKLE
 
 
 def is_torch_tensor(x: Any) -> bool:

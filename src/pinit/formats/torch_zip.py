@@ -17,6 +17,7 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import copyreg
+import functools
 import io
 import os
 import pickle
@@ -27,13 +28,19 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from pinit import dtypes
 from pinit.errors import PinitError, UnsafeGlobalError
 from pinit.storage import FileStorage, Storage, StreamStorage, TensorEntry
 
-MAX_PICKLE_BYTES = 1 << 30
+MAX_PICKLE_BYTES = 256 << 20
+# Objects one pickle may create (lists, dicts, strings, tuples...) and tensors it may hold:
+# a few bytes of pickle can create an object of 50-100 bytes, so without a count a 256 MiB
+# pickle could ask for many gigabytes. Real checkpoints stay far below both (a state dict
+# holds about ten objects per tensor).
+MAX_PICKLE_OBJECTS = 8_000_000
+MAX_TENSORS = 500_000
 
 
 class NeedsTorch(Exception):
@@ -59,9 +66,25 @@ class TensorRef:
 
 
 class _Marker:
+    """A torch global (a dtype, a storage class, ``torch.device``...) as the unpickler sees it.
+
+    Shared by every file read in this process, so it is immutable: nothing a pickle does
+    (BUILD, SETITEM, attribute sets) can change how the next file is read.
+    """
+
+    __slots__ = ("name", "value")
+    name: str
+    value: Any
+
     def __init__(self, name: str, value: Any = None) -> None:
-        self.name = name
-        self.value = value
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "value", value)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise PinitError(f"the pickle tries to change torch's {self.name} object (refused)")
+
+    def __delattr__(self, key: str) -> None:
+        raise PinitError(f"the pickle tries to change torch's {self.name} object (refused)")
 
     def __repr__(self) -> str:
         return f"<{self.name}>"
@@ -310,29 +333,79 @@ def py2_global(full: str) -> str:
     return _remap(full, _compat_pickle.REVERSE_NAME_MAPPING, _compat_pickle.REVERSE_IMPORT_MAPPING)
 
 
+# opcodes that create a new object (counted against MAX_PICKLE_OBJECTS)
+_CREATING_OPCODES = (
+    b"]", b"}", b"\x8f", b"l", b"d", b"t", b"\x85", b"\x86", b"\x87", b"\x90",  # containers
+    b"X", b"\x8c", b"V", b"T", b"U", b"B", b"C", b"\x8e", b"\x96", b"S",  # strings and bytes
+    b"F", b"G", b"\x8a", b"\x8b", b"L",  # floats and longs
+    b"R", b"\x81", b"\x92", b"i", b"o", b"c", b"\x93",  # calls and globals
+)  # fmt: skip
+
+
 class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
     """An unpickler that builds only plain data and placeholders; it calls nothing foreign.
 
     Built on pickle's pure-Python unpickler, whose memo is a dict: the C unpickler sizes its
     memo array from the index a PUT names, so a 30-byte pickle (``LONG_BINPUT 2**31``) made
     it allocate and zero 16 GiB.
+
+    Every global that is not admitted is recorded, and unpickling goes on with an inert
+    placeholder, so that one refusal names all of them (:class:`UnsafeGlobalError`).
+    Nothing a pickle does outlives it: BUILD is admitted only on the objects this pickle
+    created (placeholders, ordered dicts, tensors), never on a class or a shared object.
     """
 
-    def __init__(self, file: io.BufferedIOBase, allowed: frozenset[str]) -> None:
+    dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
+    def __init__(self, file: io.BufferedIOBase, allowed: frozenset[str], refused: list[str] | None = None) -> None:
         super().__init__(file)
         self.allowed = allowed
+        self.refused: list[str] = [] if refused is None else refused
+        self.objects = 0
+        self.tensors = 0
+
+    def load(self) -> Any:
+        try:
+            obj = super().load()
+        except Exception:
+            if self.refused:  # what made the rest fail is most likely a refused global's placeholder
+                raise UnsafeGlobalError(self.refused) from None
+            raise
+        if self.refused:
+            raise UnsafeGlobalError(self.refused)
+        return obj
 
     def find_class(self, module: str, name: str) -> Any:
         # Protocol-2 pickles (torch.save's default) name Python 2 modules such as
         # ``__builtin__``; map them as pickle's own find_class does (fix_imports).
         full = canonical_global(f"{module}.{name}")
         if full in _REBUILDERS:
-            return _REBUILDERS[full]
+            return functools.partial(self._count_tensor, _REBUILDERS[full])
         if full in _PLAIN:
             return _PLAIN[full]
         if full in self.allowed or f"{module}.{name}" in self.allowed:
             return opaque_class(full)
-        raise UnsafeGlobalError(full)
+        if full not in self.refused:
+            self.refused.append(full)
+        return opaque_class(full)  # inert: unpickling goes on to find every other refused global
+
+    def _count_tensor(self, rebuild: Any, *args: Any, **kwargs: Any) -> Any:
+        self.tensors += 1
+        if self.tensors > MAX_TENSORS:
+            raise PinitError(f"the pickle holds more than {MAX_TENSORS:,} tensors (a hostile or broken file)")
+        return rebuild(*args, **kwargs)
+
+    def load_build(self) -> None:
+        inst = self.stack[-2]
+        if isinstance(inst, TensorRef):  # a tensor's Python attributes: not part of its data
+            self.stack.pop()
+            return
+        if isinstance(inst, type) or not isinstance(inst, (Opaque, OrderedDict)):
+            what = f"class {inst.__name__}" if isinstance(inst, type) else f"a {type(inst).__name__} object"
+            raise PinitError(f"the pickle sets the state of {what} (BUILD refused: only objects it created)")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -345,6 +418,21 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
         if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
             raise PinitError("invalid storage reference in pickle")
         return StorageRef(key, kind.value, numel)
+
+
+def _counting(op: Any) -> Any:
+    def run(self: RestrictedUnpickler) -> None:
+        self.objects += 1
+        if self.objects > MAX_PICKLE_OBJECTS:
+            raise PinitError(f"the pickle creates more than {MAX_PICKLE_OBJECTS:,} objects (a hostile or broken file)")
+        op(self)
+
+    return run
+
+
+for _code in _CREATING_OPCODES:
+    if _code[0] in RestrictedUnpickler.dispatch:
+        RestrictedUnpickler.dispatch[_code[0]] = _counting(RestrictedUnpickler.dispatch[_code[0]])
 
 
 class _LegacyScanUnpickler(RestrictedUnpickler):
@@ -360,17 +448,20 @@ class _LegacyScanUnpickler(RestrictedUnpickler):
 def prescan_legacy(path: str, allowed: frozenset[str]) -> None:
     """Unpickle a legacy torch file's pickles with the restricted unpickler, building nothing
     but placeholders, before torch's own ``weights_only`` loader reads it: every global is
-    checked by pinit's rules, and what torch would admit but pinit refuses (``bytearray(n)``
-    allocating gigabytes from a few bytes) is refused first."""
+    checked by pinit's rules (all refused ones named at once), and what torch would admit but
+    pinit refuses (``bytearray(n)`` allocating gigabytes from a few bytes) is refused first."""
+    refused: list[str] = []
     with _pickle_errors(), open(path, "rb") as f:
         for _ in range(3):  # magic number, protocol version, system info
-            RestrictedUnpickler(f, allowed).load()
-        _LegacyScanUnpickler(f, allowed).load()
+            RestrictedUnpickler(f, allowed, refused).load()
+        _LegacyScanUnpickler(f, allowed, refused).load()
 
 
-def unpickle(data: bytes, allowed: frozenset[str]) -> Any:
+def unpickle(data: bytes | io.BufferedIOBase, allowed: frozenset[str]) -> Any:
+    """The object tree of a pickle (bytes, or a file positioned at its start)."""
+    f = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     with _pickle_errors():
-        return RestrictedUnpickler(io.BytesIO(data), allowed).load()
+        return RestrictedUnpickler(f, allowed).load()
 
 
 @contextmanager
