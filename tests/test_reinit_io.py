@@ -313,7 +313,13 @@ def test_tied_weights_stay_shared_in_torch_output(tmp_path: Path, where: str) ->
     assert orig["embed.weight"].untyped_storage().data_ptr() == orig["lm_head.weight"].untyped_storage().data_ptr()
     out = src if where == "in_place" else tmp_path / "new.pt"
     args = ["--out", out] if where == "out" else []
-    r = reinit_ok(src, "--match", r"^lm_head\.weight$", "--scheme", "normal", "--std", "0.02", "--seed", "3", *args)
+    before = src.read_bytes()
+    refused = run_cli("reinit", src, "--match", r"^lm_head\.weight$", "--scheme", "normal", "--seed", "3", *args)
+    assert refused.exit_code == 2 and "embed.weight" in refused.stderr and "--with-tied" in refused.stderr
+    assert src.read_bytes() == before and (where == "in_place" or not out.exists())
+    r = reinit_ok(
+        src, "--match", r"^lm_head\.weight$", "--scheme", "normal", "--std", "0.02", "--seed", "3", "--with-tied", *args
+    )
     tied = [w for w in warnings_of(r) if "embed.weight" in w and "together" in w]
     assert tied, r.stderr
 
@@ -333,7 +339,12 @@ def test_tied_weights_become_copies_in_safetensors_with_warning(tmp_path: Path) 
     shutil.copyfile(SAMPLES / "tied_lm.pt", src)
     orig = torch.load(src, weights_only=True)
     out = tmp_path / "x.safetensors"
-    r = ok(run_cli("reinit", src, "--match", r"^lm_head\.weight$", "--scheme", "normal", "--seed", "3", "--out", out))
+    r = ok(
+        run_cli(
+            "reinit", src, "--match", r"^lm_head\.weight$", "--scheme", "normal", "--seed", "3", "--with-tied",
+            "--out", out,
+        )
+    )  # fmt: skip
     copies = [w for w in warnings_of(r) if "separate copies" in w or "copies" in w]
     assert copies and "embed.weight" in copies[0] and "lm_head.weight" in copies[0], r.stderr
     _, st = read_st(out)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING
 
+from pinit.grouping import group_of, storage_groups
 from pinit.storage import TensorEntry
 
 if TYPE_CHECKING:
@@ -71,14 +72,6 @@ def value_flags(entry: TensorEntry, st: Stats, max_abs: float = DEFAULT_MAX_ABS)
     return out
 
 
-def tied_groups(entries: Sequence[TensorEntry]) -> list[list[str]]:
-    """Names of tensors that are the same view of one storage (tied weights), two or more a group."""
-    groups: dict[tuple[object, ...], list[str]] = defaultdict(list)
-    for e in entries:
-        groups[e.view_key].append(e.name)
-    return [names for names in groups.values() if len(names) > 1]
-
-
 def duplicate_groups(entries: Sequence[TensorEntry], stats: dict[str, Stats]) -> list[list[str]]:
     """Groups of floating tensors (ndim >= 2) with equal bytes but separate storage.
 
@@ -87,16 +80,19 @@ def duplicate_groups(entries: Sequence[TensorEntry], stats: dict[str, Stats]) ->
     are flagged as such, and equal constants are expected to be equal.
     """
     buckets: dict[tuple[object, ...], list[TensorEntry]] = defaultdict(list)
-    seen_views: set[tuple[object, ...]] = set()
+    in_group = group_of(storage_groups(entries))
+    seen_groups: set[int] = set()
     for e in entries:
         st = stats.get(e.name)
         if st is None or not e.dt.is_float or len(e.shape) < 2 or e.numel == 0:
             continue
         if st.zeros == st.numel or (st.min is not None and st.min == st.max):
             continue
-        if e.view_key in seen_views:  # tied to one already bucketed: not a duplicate
-            continue
-        seen_views.add(e.view_key)
+        group = in_group.get(e.name)
+        if group is not None:  # shares storage with one already bucketed: tied, not a duplicate
+            if id(group) in seen_groups:
+                continue
+            seen_groups.add(id(group))
         buckets[(e.dtype, e.shape, st.fingerprint())].append(e)
     out = []
     for candidates in buckets.values():

@@ -17,9 +17,9 @@ from pinit.flags import (
     Flag,
     duplicate_groups,
     duplicate_message,
-    tied_groups,
     value_flags,
 )
+from pinit.grouping import group_of, storage_groups
 from pinit.selection import Selector
 from pinit.storage import TensorEntry
 
@@ -76,12 +76,17 @@ class Report:
         params = 0
         nbytes = 0
         by_dtype: dict[str, int] = defaultdict(int)
-        seen: set[tuple[object, ...]] = set()
+        # tensors sharing storage count once: the largest listed member of each group
+        group_index = {name: i for i, names in enumerate(self.tied) for name in names}
+        largest: dict[int, TensorEntry] = {}
+        counted: list[TensorEntry] = []
         for t in self.tensors:
-            e = t.entry
-            if e.view_key in seen:  # tied tensors count once
-                continue
-            seen.add(e.view_key)
+            i = group_index.get(t.name)
+            if i is None:
+                counted.append(t.entry)
+            elif i not in largest or t.entry.nbytes > largest[i].nbytes:
+                largest[i] = t.entry
+        for e in [*counted, *largest.values()]:
             params += e.numel
             nbytes += e.nbytes
             by_dtype[e.dtype] += e.numel
@@ -177,10 +182,14 @@ def inspect_checkpoint(
     selector = selector or Selector()
     chosen = [e for e in ckpt.tensors if selector(e.name)]
     reports = [TensorReport(e) for e in chosen]
-    tied = tied_groups(chosen)
-    tied_of = {name: group for group in tied for name in group}
+    # ties and overlapping views among all the checkpoint's tensors, listed or not
+    groups = storage_groups(ckpt.tensors)
+    in_group = group_of(groups)
+    chosen_names = {e.name for e in chosen}
+    tied = [g.names for g in groups if any(n in chosen_names for n in g.names)]
     for r in reports:
-        r.tied_with = [n for n in tied_of.get(r.name, []) if n != r.name]
+        g = in_group.get(r.name)
+        r.tied_with = [n for n in g.names if n != r.name] if g is not None else []
     if stats:
         all_stats = compute_all_stats(chosen, max_abs, progress)
         for r in reports:

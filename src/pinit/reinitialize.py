@@ -29,10 +29,11 @@ from pinit import __version__, defaults
 from pinit.checkpoint import Checkpoint, LoadOptions, open_checkpoint
 from pinit.errors import PinitError
 from pinit.flags import DEFAULT_MAX_ABS, ERROR, value_flags
+from pinit.grouping import group_of, storage_groups
 from pinit.schemes import SCHEMES, canonical_name, resolve_options
 from pinit.selection import Selector
 from pinit.stats import Stats, compute_stats
-from pinit.storage import MemoryStorage, TensorEntry
+from pinit.storage import MemoryStorage, TensorEntry, contiguous_strides
 
 if TYPE_CHECKING:
     import torch
@@ -76,12 +77,18 @@ class Rule:
 
 @dataclass
 class Assignment:
+    """One draw: ``entry`` (a tensor, or the root of a group of tensors sharing storage) gets
+    ``scheme``; every member of ``members`` takes its bytes from that one draw."""
+
     entry: TensorEntry
     rule_scheme: str  # as the user chose it ("default" stays "default")
     scheme: str  # the torch scheme actually applied
     kwargs: dict[str, Any]
-    seed_name: str  # the name the generator is seeded from (first of a tied group)
-    group: list[str]  # every tensor that changes with it (tied storage), itself included
+    members: list[TensorEntry]  # every tensor that changes with it, itself included, in file order
+
+    @property
+    def group(self) -> list[str]:
+        return [e.name for e in self.members]
 
 
 @dataclass
@@ -184,9 +191,19 @@ def _str_list(v: Any, key: str, where: str, path: str) -> list[str]:
 
 
 def plan_assignments(
-    ckpt: Checkpoint, rules: Sequence[Rule], flagged: bool = False, max_abs: float = DEFAULT_MAX_ABS
+    ckpt: Checkpoint,
+    rules: Sequence[Rule],
+    flagged: bool = False,
+    max_abs: float = DEFAULT_MAX_ABS,
+    with_tied: bool = False,
 ) -> list[Assignment]:
-    """Which tensor gets which scheme; every problem is collected into one error."""
+    """Which tensor gets which scheme; every problem is collected into one error.
+
+    Tensors sharing storage bytes (tied weights, views such as ``q = qkv[0:1]``) change
+    together: selecting one whose bytes an unselected tensor shares is an error naming both,
+    unless ``with_tied``, which re-initializes the whole group with one draw of its root
+    (the member holding every other member's bytes) under the first selected member's rule.
+    """
     entries = ckpt.tensors
     flagged_names: set[str] | None = None
     if flagged:
@@ -198,44 +215,89 @@ def plan_assignments(
             for e in entries
             if (st := all_stats[e.name]) is not None and any(f.severity == ERROR for f in value_flags(e, st, max_abs))
         }
-    groups: dict[tuple[object, ...], list[str]] = {}
-    for e in entries:
-        groups.setdefault(e.view_key, []).append(e.name)
     by_name = {e.name: e for e in entries}
+
+    def rule_for(e: TensorEntry) -> Rule | None:
+        if flagged_names is not None and e.name not in flagged_names:
+            return None
+        return next((r for r in rules if r.selector(e.name)), None)
+
+    chosen = {e.name: rule for e in entries if (rule := rule_for(e)) is not None}
+    in_group = group_of(storage_groups(entries))
     out: list[Assignment] = []
     problems: list[str] = []
+    done_groups: set[int] = set()
     for e in entries:
-        if flagged_names is not None and e.name not in flagged_names:
-            continue
-        rule = next((r for r in rules if r.selector(e.name)), None)
+        rule = chosen.get(e.name)
         if rule is None:
             continue
-        if not e.dt.is_float:
-            problems.append(f"{e.name} ({e.dtype} is not a floating type; leave it out with --exclude)")
+        group = in_group.get(e.name)
+        if group is not None:
+            if id(group) in done_groups:
+                continue
+            done_groups.add(id(group))
+            left_out = [o.name for o in group.members if o.name not in chosen]
+            if left_out and not with_tied:
+                picked = [o.name for o in group.members if o.name in chosen]
+                problems.append(
+                    f"{', '.join(picked)} shares storage with {', '.join(left_out)}, which is not selected "
+                    "(select it too, or pass --with-tied to re-initialize the whole group)"
+                )
+                continue
+            if group.root is None:
+                problems.append(
+                    f"{', '.join(group.names)} overlap in storage but none of them holds all the others' bytes"
+                )
+                continue
+            target, members = group.root, group.members
+        else:
+            target, members = e, [e]
+        if not target.dt.is_float:
+            problems.append(f"{target.name} ({target.dtype} is not a floating type; leave it out with --exclude)")
             continue
         if rule.scheme == "default":
-            inferred = defaults.infer(e, by_name)
+            inferred = defaults.infer(target, by_name)
             if isinstance(inferred, str):
-                problems.append(f"{e.name} ({inferred})")
+                problems.append(f"{target.name} ({inferred})")
                 continue
             scheme, kwargs = inferred
         else:
             scheme, kwargs = rule.scheme, rule.kwargs
         spec = SCHEMES[scheme]
-        if not spec.accepts(e.shape):
-            problems.append(f"{e.name} (shape {list(e.shape)}: {scheme} takes {spec.shapes} tensors)")
+        if not spec.accepts(target.shape):
+            problems.append(f"{target.name} (shape {list(target.shape)}: {scheme} takes {spec.shapes} tensors)")
             continue
-        if scheme == "dirac" and e.shape[0] % kwargs.get("groups", 1):
-            problems.append(f"{e.name} (dirac: dim 0 of {list(e.shape)} is not divisible by groups)")
+        if scheme == "dirac" and target.shape[0] % kwargs.get("groups", 1):
+            problems.append(f"{target.name} (dirac: dim 0 of {list(target.shape)} is not divisible by groups)")
             continue
-        group = groups[e.view_key]
-        out.append(Assignment(e, rule.scheme, scheme, dict(kwargs), group[0], group))
+        out.append(Assignment(target, rule.scheme, scheme, dict(kwargs), members))
     if problems:
         shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise PinitError(f"cannot re-initialize {len(problems)} tensor(s): {shown}; nothing was written")
     if not out:
         raise PinitError("the selection is empty: no tensor matches; nothing was written")
     return out
+
+
+def member_bytes(root: TensorEntry, root_bytes: np.ndarray, member: TensorEntry) -> np.ndarray:
+    """The new bytes of ``member``, a view inside ``root``'s bytes, once ``root`` holds
+    ``root_bytes`` (row-major): the values are scattered into a buffer standing for the
+    storage span of ``root``, and the member's view is gathered from it."""
+    from pinit.grouping import byte_span
+
+    lo, hi = byte_span(root)
+    buf = np.zeros(hi - lo, dtype=np.uint8)
+
+    def view(e: TensorEntry) -> np.ndarray:
+        item = e.dt.itemsize
+        strides = e.strides if e.strides is not None else contiguous_strides(e.shape)
+        start = e.offset * item - lo
+        elems = buf[start:].view(np.dtype(f"V{item}")) if item > 1 else buf[start:]
+        return np.lib.stride_tricks.as_strided(elems, shape=e.shape, strides=tuple(st * item for st in strides))
+
+    item = root.dt.itemsize
+    view(root)[...] = root_bytes.view(np.dtype(f"V{item}") if item > 1 else np.uint8).reshape(root.shape)
+    return np.ascontiguousarray(view(member)).view(np.uint8).reshape(-1)
 
 
 def new_values(shape: Sequence[int], dtype: str, scheme: str, kwargs: dict[str, Any], seed: int) -> torch.Tensor:
@@ -312,12 +374,18 @@ def reinit(
     seed: int | None = None,
     out: str | os.PathLike[str] | None = None,
     backup: bool = False,
+    force: bool = False,
+    with_tied: bool = False,
     dry_run: bool = False,
     provenance: bool = True,
     max_abs: float = DEFAULT_MAX_ABS,
     load_options: LoadOptions | None = None,
 ) -> ReinitResult:
-    """Re-initialize the selected tensors of ``path`` and write the result (see the module doc)."""
+    """Re-initialize the selected tensors of ``path`` and write the result (see the module doc).
+
+    ``force`` rewrites a write-protected file (no write permission) instead of refusing it.
+    ``with_tied`` re-initializes every tensor sharing storage with a selected one (one draw of
+    the group's root) instead of refusing the selection."""
     from pinit import output_io
 
     if plan is not None:
@@ -342,31 +410,39 @@ def reinit(
     if seed is None:
         seed = secrets.randbits(32)
     with open_checkpoint(path, load_options) as ckpt:
+        if not dry_run:  # refuse a target that must not be replaced before any work
+            output_io.check_targets(ckpt, out, backup=backup, force=force)
         try:
-            assignments = plan_assignments(ckpt, rules, flagged, max_abs)
+            assignments = plan_assignments(ckpt, rules, flagged, max_abs, with_tied)
         except PinitError as e:
             e.path = e.path or ckpt.path
             raise
         changes: list[TensorChange] = []
         warnings: list[str] = []
         for a in assignments:
-            others = [n for n in a.group if n != a.entry.name]
-            if others:
-                warnings.append(f"{a.entry.name} shares storage with {', '.join(others)}: they change together")
-            changes.append(TensorChange(a.entry.name, a.rule_scheme, a.scheme, _jsonable(a.kwargs), others))
+            if len(a.members) > 1:
+                warnings.append(
+                    f"{', '.join(a.group)} share storage: drawn once, as {a.entry.name} "
+                    f"{list(a.entry.shape)}, and changed together"
+                )
+            for m in a.members:
+                others = [n for n in a.group if n != m.name]
+                changes.append(TensorChange(m.name, a.rule_scheme, a.scheme, _jsonable(a.kwargs), others))
 
         def produce() -> Iterator[tuple[list[str], np.ndarray]]:
-            """Each new tensor's bytes with the names that share it, one tensor at a time."""
-            done: set[str] = set()
+            """Each new tensor's bytes with the names that are that very view, one view at a
+            time; a group's root is drawn once and its other members are slices of it."""
             _large_allocations_from_mmap()
             for a in assignments:
-                if a.seed_name in done:
-                    continue
-                done.add(a.seed_name)
-                t = new_values(a.entry.shape, a.entry.dtype, a.scheme, a.kwargs, derive_seed(seed, a.seed_name))
+                root = a.entry
+                t = new_values(root.shape, root.dtype, a.scheme, a.kwargs, derive_seed(seed, root.name))
                 data = tensor_bytes(t)
                 del t
-                yield list(a.group), data
+                views: dict[tuple[object, ...], list[TensorEntry]] = {}
+                for m in a.members:
+                    views.setdefault(m.view_key, []).append(m)
+                for key, same in views.items():
+                    yield [m.name for m in same], data if key == root.view_key else member_bytes(root, data, same[0])
                 del data  # before the next tensor is drawn: one new tensor in memory at a time
 
         pending = output_io.PendingValues(frozenset(n for a in assignments for n in a.group), produce)
@@ -398,6 +474,7 @@ def reinit(
             pending,
             out=out,
             backup=backup,
+            force=force,
             provenance=json.dumps(record, separators=(",", ":"), sort_keys=True) if provenance else None,
             load_options=load_options or LoadOptions(),
         )
