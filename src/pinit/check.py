@@ -20,6 +20,7 @@ from pinit.checkpoint import (
     open_checkpoint,
 )
 from pinit.errors import PinitError, UnsafeGlobalError
+from pinit.files import MAX_INDEX_BYTES, read_regular
 from pinit.flags import DEFAULT_MAX_ABS, ERROR, FLAG_CODES, WARNING, duplicate_groups, duplicate_message, value_flags
 from pinit.inspect import compute_all_stats
 from pinit.selection import Selector, compile_patterns
@@ -154,8 +155,8 @@ def load_pyproject_settings(pyproject: Path | None) -> dict[str, Any]:
     else:  # pragma: no cover
         import tomli as tomllib
     try:
-        doc = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        doc = tomllib.loads(read_regular(str(pyproject), MAX_INDEX_BYTES, "pyproject.toml").decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise PinitError(f"cannot read [tool.pinit.check]: {e}", str(pyproject)) from None
     table = doc.get("tool", {}).get("pinit", {}).get("check", {})
     if not isinstance(table, dict):
@@ -254,9 +255,9 @@ def _shard_files(index: Path) -> set[str]:
     import json
 
     try:
-        doc = json.loads(index.read_text(encoding="utf-8"))
+        doc = json.loads(read_regular(str(index), MAX_INDEX_BYTES, "shard index").decode("utf-8"))
         return {Path(v).name for v in doc.get("weight_map", {}).values() if isinstance(v, str)}
-    except Exception:
+    except Exception:  # a broken index is reported when the index itself is checked
         return set()
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pinit.errors import PinitError
+from pinit.files import MAX_INDEX_BYTES, open_regular, read_regular
 from pinit.flatten import flatten, hidden_tensors
 from pinit.formats import safetensors as st
 from pinit.formats import torch_zip
@@ -162,10 +163,7 @@ def _open_folder(folder: Path, options: LoadOptions) -> Checkpoint:
 
 
 def _open_file(path: str, options: LoadOptions) -> Checkpoint:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as e:
-        raise PinitError(f"cannot open: {e.strerror}", path) from None
+    fd = open_regular(path, "checkpoint")
     try:
         size = os.fstat(fd).st_size
         head = os.pread(fd, 16, 0)
@@ -219,10 +217,9 @@ def _open_with_torch(path: str, options: LoadOptions, mmap: bool) -> Checkpoint:
 
 def _open_sharded(index_path: Path, options: LoadOptions) -> Checkpoint:
     folder = index_path.parent.resolve()
+    raw = read_regular(str(index_path), MAX_INDEX_BYTES, "shard index")
     try:
-        doc = json.loads(index_path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise PinitError(f"cannot read shard index: {e.strerror}", str(index_path)) from None
+        doc = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, nesting, a 5000-digit integer
         raise PinitError(f"shard index is not valid JSON ({e})", str(index_path)) from None
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None

@@ -28,6 +28,7 @@ import numpy as np
 from pinit import __version__, defaults
 from pinit.checkpoint import Checkpoint, LoadOptions, open_checkpoint
 from pinit.errors import PinitError
+from pinit.files import MAX_INDEX_BYTES, read_regular
 from pinit.flags import DEFAULT_MAX_ABS, ERROR, value_flags
 from pinit.grouping import group_of, storage_groups
 from pinit.schemes import SCHEMES, canonical_name, resolve_options
@@ -147,9 +148,7 @@ def load_plan(path: str | os.PathLike[str]) -> tuple[int | None, list[Rule]]:
         import tomli as tomllib
     p = Path(path)
     try:
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise PinitError(f"cannot read plan: {e.strerror}", str(p)) from None
+        doc = tomllib.loads(read_regular(str(p), MAX_INDEX_BYTES, "plan").decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise PinitError(f"plan is not valid TOML ({e})", str(p)) from None
     unknown = set(doc) - {"seed", "rule"}
