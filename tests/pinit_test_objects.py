@@ -18,3 +18,14 @@ class Hyper:
 class Point(NamedTuple):
     x: int
     y: int
+
+
+class ConfigNode:
+    """Stands in for a config object such as OmegaConf's DictConfig: plain state, set by BUILD."""
+
+    def __init__(self, content: dict) -> None:
+        self.content = content
+
+
+class ListNode(list):
+    """A list subclass (OmegaConf's ListConfig is one): pickled with its items appended."""

@@ -21,7 +21,7 @@ from pinit.checkpoint import (
 )
 from pinit.errors import PinitError, UnsafeGlobalError
 from pinit.files import MAX_INDEX_BYTES, read_regular
-from pinit.flags import DEFAULT_MAX_ABS, ERROR, FLAG_CODES, WARNING, duplicate_groups, duplicate_message, value_flags
+from pinit.flags import DEFAULT_MAX_ABS, ERROR, FLAG_CODES, WARNING, checkpoint_flags
 from pinit.inspect import compute_all_stats
 from pinit.selection import Selector, compile_patterns
 
@@ -264,16 +264,9 @@ def _shard_files(index: Path) -> set[str]:
 def check_checkpoint(ckpt: Checkpoint, settings: CheckSettings, reference: Checkpoint | None) -> list[Finding]:
     selector = Selector((), settings.exclude)
     entries = [e for e in ckpt.tensors if selector(e.name)]
-    findings: list[Finding] = []
     stats = compute_all_stats(entries, settings.max_abs)
-    for e in entries:
-        st = stats[e.name]
-        if st is not None:
-            findings += [Finding(f.code, f.severity, f.message, e.name) for f in value_flags(e, st, settings.max_abs)]
-    found = {n: s for n, s in stats.items() if s is not None}
-    for group in duplicate_groups(entries, found):
-        for name in group:
-            findings.append(Finding("duplicate", WARNING, duplicate_message(name, group), name))
+    flags = checkpoint_flags(entries, stats, settings.max_abs, context=ckpt.tensors)
+    findings = [Finding(f.code, f.severity, f.message, e.name) for e in entries for f in flags[e.name]]
     if reference is not None:
         findings += compare_reference(entries, [e for e in reference.tensors if selector(e.name)])
     problem = ckpt.coverage.problem() if ckpt.coverage is not None else None
@@ -306,7 +299,7 @@ def compare_reference(entries: Sequence[Any], ref_entries: Sequence[Any]) -> lis
 def _apply_rules(findings: Sequence[Finding], settings: CheckSettings) -> list[Finding]:
     out = []
     for f in findings:
-        sev = settings.severity(f.code)
+        sev = settings.rules.get(f.code, f.severity)  # a flag may set its own severity (empty)
         if sev != "off":
             out.append(Finding(f.code, sev, f.message, f.tensor, f.globals))
     return out

@@ -22,8 +22,9 @@ class DType:
     kind: str  # "float", "int", "bool", "complex"
     st_code: str | None  # safetensors dtype code
     tiny: float = 0.0  # smallest positive normal, floating types only
-    # whether a subnormal value is an error (not for fp16/fp8, see SPEC section 4)
-    subnormal_is_error: bool = False
+    # whether subnormal values are rare in healthy data of this dtype (float32, float64, bfloat16:
+    # they get the subnormal and uninitialized rules); fp16/fp8 hold them in ordinary weights
+    subnormal_is_rare: bool = False
 
     @property
     def is_float(self) -> bool:

@@ -53,6 +53,8 @@ def runs_code(global_name: str) -> bool:
         return name in CODE_EXECUTION_BUILTINS
     if top in CODE_EXECUTION_MODULES:
         return True
+    if global_name.startswith("torch.jit._pickle."):  # TorchScript's list and type-tag builders: data
+        return False
     # entry points that load other pickles, or compile or run code
     return global_name in ("numpy.load", "numpy.lib.npyio.load", "torch.load") or global_name.startswith(
         ("torch.serialization.load", "torch.jit.", "torch.hub.", "torch._dynamo.", "torch.compile", "torch.ops.")

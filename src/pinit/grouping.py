@@ -54,7 +54,7 @@ def byte_runs(e: TensorEntry) -> tuple[np.ndarray, np.ndarray] | None:
     import numpy as np
 
     item = e.dt.itemsize
-    lo, hi = byte_span(e)
+    lo = byte_span(e)[0]
     if e.numel == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     strides = e.strides if e.strides is not None else contiguous_strides(e.shape)

@@ -10,15 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pinit.checkpoint import Checkpoint, Coverage
 from pinit.errors import PinitError
-from pinit.flags import (
-    DEFAULT_MAX_ABS,
-    ERROR,
-    WARNING,
-    Flag,
-    duplicate_groups,
-    duplicate_message,
-    value_flags,
-)
+from pinit.flags import DEFAULT_MAX_ABS, ERROR, WARNING, Flag, checkpoint_flags
 from pinit.grouping import group_of, storage_groups
 from pinit.selection import Selector
 from pinit.storage import TensorEntry
@@ -192,15 +184,10 @@ def inspect_checkpoint(
         r.tied_with = [n for n in g.names if n != r.name] if g is not None else []
     if stats:
         all_stats = compute_all_stats(chosen, max_abs, progress)
+        flags = checkpoint_flags(chosen, all_stats, max_abs, context=ckpt.tensors)
         for r in reports:
             r.stats = all_stats[r.name]
-            if r.stats is not None:
-                r.flags = value_flags(r.entry, r.stats, max_abs)
-        found = {n: s for n, s in all_stats.items() if s is not None}
-        by_name = {r.name: r for r in reports}
-        for group in duplicate_groups(chosen, found):
-            for name in group:
-                by_name[name].flags.append(Flag("duplicate", WARNING, duplicate_message(name, group)))
+            r.flags = flags[r.name]
         if hist:
             from pinit.stats import histogram
 

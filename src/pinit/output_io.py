@@ -20,9 +20,9 @@ import numpy as np
 
 from pinit.checkpoint import Checkpoint, LoadOptions
 from pinit.errors import PinitError
-from pinit.flags import tied_groups
 from pinit.flatten import flatten
-from pinit.writers import OutTensor, atomic_file, write_error, write_safetensors
+from pinit.grouping import storage_groups
+from pinit.writers import OutTensor, atomic_file, check_write, write_error, write_safetensors
 
 
 def output_format(ckpt: Checkpoint, out: str | os.PathLike[str] | None) -> str:
@@ -59,20 +59,47 @@ def write_checkpoint(
     backup: bool,
     provenance: str | None,
     load_options: LoadOptions,
+    force: bool = False,
 ) -> tuple[list[str], str, list[str]]:
     """Write ``ckpt`` with the tensors in ``values`` (raw bytes) replaced.
 
-    Returns the files written, the output format and warnings.
+    Returns the files written, the output format and warnings. ``force`` lets a
+    write-protected file be replaced (see :func:`check_targets`).
     """
     warnings: list[str] = []
     fmt = output_format(ckpt, out)
+    names = values.names if isinstance(values, PendingValues) else frozenset(values)
+    check_targets(ckpt, out, names=names, backup=backup, force=force)
     if fmt == "sharded":
         if isinstance(values, PendingValues):
             values = values.get()
-        return _write_sharded(ckpt, values, out, backup, provenance, load_options, warnings), fmt, warnings
+        return _write_sharded(ckpt, values, out, backup, provenance, load_options, warnings, force), fmt, warnings
     target = os.fspath(out) if out is not None else ckpt.path
-    _write_file(ckpt, values, target, fmt, backup, provenance, load_options, warnings)
+    _write_file(ckpt, values, target, fmt, backup, provenance, load_options, warnings, force)
     return [target], fmt, warnings
+
+
+def check_targets(
+    ckpt: Checkpoint,
+    out: str | os.PathLike[str] | None,
+    *,
+    names: frozenset[str] | None = None,
+    backup: bool = False,
+    force: bool = False,
+) -> None:
+    """Refuse, before any work, a write that must not happen (``writers.check_write``): an
+    output that exists and is not a regular file, or a write-protected file without ``force``.
+    For a sharded checkpoint rewritten in place these are the shards holding ``names`` (none
+    checked while ``names`` is None: not known yet); a sharded ``--out`` is a new or empty folder.
+    """
+    if ckpt.format != "sharded":
+        check_write(os.fspath(out) if out is not None else ckpt.path, backup=backup, force=force)
+        return
+    if names is None or (out is not None and Path(out).resolve() != Path(ckpt.path).parent.resolve()):
+        return
+    for shard in ckpt.shards:
+        if any(e.name in names for e in shard.tensors):
+            check_write(shard.path, backup=backup, force=force)
 
 
 def _write_file(
@@ -84,15 +111,16 @@ def _write_file(
     provenance: str | None,
     load_options: LoadOptions,
     warnings: list[str],
+    force: bool = False,
 ) -> None:
     if Path(target).is_dir():
         raise PinitError("output path is a folder; name a file", target)
     if fmt == "safetensors":
-        _write_as_safetensors(ckpt, values, target, backup, provenance, warnings)
+        _write_as_safetensors(ckpt, values, target, backup, provenance, warnings, force)
     else:
         if isinstance(values, PendingValues):
             values = values.get()
-        _write_as_torch(ckpt, values, target, backup, load_options, warnings)
+        _write_as_torch(ckpt, values, target, backup, load_options, warnings, force)
 
 
 def _write_as_safetensors(
@@ -102,10 +130,11 @@ def _write_as_safetensors(
     backup: bool,
     provenance: str | None,
     warnings: list[str],
+    force: bool = False,
 ) -> None:
     if ckpt.format == "torch":
-        for group in tied_groups(ckpt.tensors):
-            warnings.append(f"tied tensors {', '.join(group)} become separate copies in safetensors")
+        for group in storage_groups(ckpt.tensors):
+            warnings.append(f"tensors sharing storage {', '.join(group.names)} become separate copies in safetensors")
         dropped = non_tensor_names(ckpt)
         if dropped:
             shown = ", ".join(dropped[:8]) + (f" and {len(dropped) - 8} more" if len(dropped) > 8 else "")
@@ -118,11 +147,11 @@ def _write_as_safetensors(
     if isinstance(values, PendingValues):
         pending = values
         tensors = [OutTensor(e.name, e.dtype, e.shape, source=e, pending=e.name in pending.names) for e in ckpt.tensors]
-        with atomic_file(target, backup) as fd:
+        with atomic_file(target, backup, force=force, warnings=warnings) as fd:
             write_safetensors(fd, tensors, metadata, fill=pending.produce)
         return
     tensors = [OutTensor(e.name, e.dtype, e.shape, data=values.get(e.name), source=e) for e in ckpt.tensors]
-    with atomic_file(target, backup) as fd:
+    with atomic_file(target, backup, force=force, warnings=warnings) as fd:
         write_safetensors(fd, tensors, metadata)
 
 
@@ -165,6 +194,7 @@ def _write_as_torch(
     backup: bool,
     load_options: LoadOptions,
     warnings: list[str],
+    force: bool = False,
 ) -> None:
     import torch
 
@@ -186,7 +216,7 @@ def _write_as_torch(
             t = tensors[name]
             if ckpt.format == "torch":
                 t.copy_(_to_torch(raw, str(t.dtype).removeprefix("torch."), tuple(t.shape)))
-    with atomic_file(target, backup) as fd, os.fdopen(os.dup(fd), "wb") as f:
+    with atomic_file(target, backup, force=force, warnings=warnings) as fd, os.fdopen(os.dup(fd), "wb") as f:
         try:
             pickler = torch_load.pickle_module_for(load_options.allowed, load_options.unsafe_pickle)
             torch.save(obj, f, pickle_module=pickler)
@@ -227,6 +257,7 @@ def _write_sharded(
     provenance: str | None,
     load_options: LoadOptions,
     warnings: list[str],
+    force: bool = False,
 ) -> list[str]:
     index_path = Path(ckpt.path)
     src_dir = index_path.parent.resolve()
@@ -248,7 +279,7 @@ def _write_sharded(
         changed = {e.name: values[e.name] for e in shard.tensors if e.name in values}
         if changed:
             target.parent.mkdir(parents=True, exist_ok=True)
-            _write_file(shard, changed, str(target), shard.format, backup, provenance, load_options, warnings)
+            _write_file(shard, changed, str(target), shard.format, backup, provenance, load_options, warnings, force)
             written.append(str(target))
         elif not in_place:
             _copy_file(Path(shard.path), target)

@@ -29,7 +29,7 @@ from pinit import __version__, defaults
 from pinit.checkpoint import Checkpoint, LoadOptions, open_checkpoint
 from pinit.errors import PinitError
 from pinit.files import MAX_INDEX_BYTES, read_regular
-from pinit.flags import DEFAULT_MAX_ABS, ERROR, value_flags
+from pinit.flags import DEFAULT_MAX_ABS, ERROR, checkpoint_flags
 from pinit.grouping import group_of, storage_groups
 from pinit.schemes import SCHEMES, canonical_name, resolve_options
 from pinit.selection import Selector
@@ -208,12 +208,8 @@ def plan_assignments(
     if flagged:
         from pinit.inspect import compute_all_stats
 
-        all_stats = compute_all_stats(entries, max_abs)
-        flagged_names = {
-            e.name
-            for e in entries
-            if (st := all_stats[e.name]) is not None and any(f.severity == ERROR for f in value_flags(e, st, max_abs))
-        }
+        flags = checkpoint_flags(entries, compute_all_stats(entries, max_abs), max_abs)
+        flagged_names = {name for name, fs in flags.items() if any(f.severity == ERROR for f in fs)}
     by_name = {e.name: e for e in entries}
 
     def rule_for(e: TensorEntry) -> Rule | None:
