@@ -26,7 +26,7 @@ import torch
 
 from conftest import SAMPLES, assert_one_error_line, run_cli, save_checkpoint
 
-TOP_KEYS = {"a", "b", "atol", "rtol", "tensors", "summary"}
+TOP_KEYS = {"a", "b", "atol", "rtol", "tensors", "ties", "summary"}
 TENSOR_KEYS = {
     "name",
     "status",

@@ -355,3 +355,18 @@ def test_a_malicious_file_is_named_as_code_execution(tmp_path: Path) -> None:
     assert "'posix.system'" in r.stderr and "code execution" in r.stderr
     assert "--allow-global posix.system" not in r.stderr and "--allow-global" not in r.stderr
     assert "pinit_test_objects.Hyper" in r.stderr  # the other global it needs is still named
+
+
+def test_diff_reports_ties_a_conversion_broke(tmp_path: Path) -> None:
+    emb = torch.randn(5, 3)
+    a = tmp_path / "a.pt"
+    torch.save({"embed.weight": emb, "lm_head.weight": emb, "b": torch.ones(2)}, a)
+    b = save_checkpoint(
+        tmp_path / "b.safetensors", {"embed.weight": emb, "lm_head.weight": emb.clone(), "b": torch.ones(2)}
+    )
+    r = run_cli("diff", a, b, "--format", "json")
+    assert r.exit_code == 0, r.stdout  # values equal
+    doc = r.json()
+    assert doc["ties"] == {"only_in_a": [["embed.weight", "lm_head.weight"]], "only_in_b": []}
+    same = run_cli("diff", a, a, "--format", "json").json()
+    assert same["ties"] == {"only_in_a": [], "only_in_b": []}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -12,6 +12,7 @@ import numpy as np
 from pinit import dtypes
 from pinit.checkpoint import Checkpoint
 from pinit.errors import PinitError
+from pinit.grouping import storage_groups
 from pinit.selection import Selector
 from pinit.storage import TensorEntry
 
@@ -58,6 +59,8 @@ class DiffReport:
     atol: float
     rtol: float
     tensors: list[TensorDiff]
+    ties_only_in_a: list[list[str]] = field(default_factory=list)  # storage shared in A, not in B
+    ties_only_in_b: list[list[str]] = field(default_factory=list)
 
     @property
     def equal(self) -> bool:
@@ -74,6 +77,7 @@ class DiffReport:
             "atol": self.atol,
             "rtol": self.rtol,
             "tensors": [t.as_json() for t in self.tensors],
+            "ties": {"only_in_a": self.ties_only_in_a, "only_in_b": self.ties_only_in_b},
             "summary": self.summary(),
         }
 
@@ -110,7 +114,24 @@ def diff_checkpoints(
     for name, eb in in_b.items():
         if name not in in_a:
             out.append(TensorDiff(name, "only_in_b", shape_b=eb.shape, dtype_b=eb.dtype))
-    return DiffReport(a.path, b.path, atol, rtol, out)
+    only_a, only_b = _ties_changed(a, b, set(in_a) & set(in_b))
+    return DiffReport(a.path, b.path, atol, rtol, out, only_a, only_b)
+
+
+def _ties_changed(a: Checkpoint, b: Checkpoint, common: set[str]) -> tuple[list[list[str]], list[list[str]]]:
+    """Groups of common tensors that share storage in one checkpoint but not in the other (a
+    conversion to safetensors unties weights: equal values now, separate copies later)."""
+
+    def pairs(ckpt: Checkpoint) -> dict[frozenset[str], list[str]]:
+        out = {}
+        for g in storage_groups(ckpt.tensors):
+            names = [n for n in g.names if n in common]
+            if len(names) > 1:
+                out[frozenset(names)] = names
+        return out
+
+    in_a, in_b = pairs(a), pairs(b)
+    return [v for k, v in in_a.items() if k not in in_b], [v for k, v in in_b.items() if k not in in_a]
 
 
 def _compare_values(ea: TensorEntry, eb: TensorEntry, atol: float, rtol: float, d: TensorDiff) -> None:
