@@ -204,6 +204,12 @@ def _open_torch_zip(path: str, fd: int, options: LoadOptions) -> Checkpoint:
         return Checkpoint(path, "torch", entries, tree=zc.obj, coverage=coverage)
     except torch_zip.NeedsTorch:
         return _open_with_torch(path, options, mmap=True)
+    except torch_zip.TorchScriptArchive as ts:  # never reported as healthy: nothing of it was read
+        note = (
+            f"a TorchScript archive (torch.jit.save) with {ts.storages} storage record(s): pinit does not read "
+            "TorchScript parameters yet (save the model's state_dict() to check it)"
+        )
+        return Checkpoint(path, "torch", [], coverage=Coverage(max(ts.storages, 1), 0, [note]))
 
 
 def _open_with_torch(path: str, options: LoadOptions, mmap: bool) -> Checkpoint:

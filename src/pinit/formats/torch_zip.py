@@ -21,7 +21,6 @@ import functools
 import io
 import os
 import pickle
-import struct
 import types
 import zipfile
 from collections import Counter, OrderedDict
@@ -32,6 +31,7 @@ from typing import Any, ClassVar
 
 from pinit import dtypes
 from pinit.errors import PinitError, UnsafeGlobalError
+from pinit.formats import zip_layout
 from pinit.storage import FileStorage, Storage, StreamStorage, TensorEntry
 
 MAX_PICKLE_BYTES = 256 << 20
@@ -45,6 +45,15 @@ MAX_TENSORS = 500_000
 
 class NeedsTorch(Exception):
     """The file holds something only torch itself can rebuild (still weights_only)."""
+
+
+class TorchScriptArchive(Exception):
+    """A ``torch.jit.save`` archive (``constants.pkl`` and ``code/``): its pickles name the
+    TorchScript classes of the model; pinit does not read their parameters yet."""
+
+    def __init__(self, storages: int) -> None:
+        super().__init__("TorchScript archive")
+        self.storages = storages
 
 
 @dataclass
@@ -489,75 +498,50 @@ class ZipCheckpoint:
 
 
 def _member_data_offset(fd: int, info: zipfile.ZipInfo, file_size: int) -> int:
-    head = os.pread(fd, 30, info.header_offset)
-    if len(head) != 30 or head[:4] != b"PK\x03\x04":
-        raise PinitError(f"zip member '{info.filename}' has a bad local header")
-    name_len, extra_len = struct.unpack("<HH", head[26:30])
-    start = info.header_offset + 30 + name_len + extra_len
-    if start + info.file_size > file_size:
-        raise PinitError(f"zip member '{info.filename}' runs past the end of the file")
-    return start
+    return zip_layout.data_offset(fd, info, file_size)  # where torch (miniz) reads it; local header checked
 
 
 def read_zip(path: str, fd: int, allowed: frozenset[str]) -> ZipCheckpoint:
     """Read the object tree of a torch zip checkpoint (no tensor data is read)."""
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        with open(os.dup(fd), "rb") as f, zipfile.ZipFile(f) as zf:  # the very file torch_layout reads
+            infos, start_dir = zf.infolist(), zf.start_dir
+    except Exception as e:  # BadZipFile, OSError, a bad name encoding, NotImplementedError (zip version)
         raise PinitError(f"not a readable zip archive ({e})") from None
-    with zf:
-        try:
-            infos = {i.filename: i for i in zf.infolist()}
-        except Exception as e:
-            raise PinitError(f"not a readable zip archive ({e})") from None
-        pkls = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
-        if len(pkls) != 1:
-            raise PinitError("zip archive is not a torch checkpoint (no single <name>/data.pkl)")
-        prefix = pkls[0][: -len("data.pkl")]
-        pkl_info = infos[pkls[0]]
-        if pkl_info.file_size > MAX_PICKLE_BYTES:
-            raise PinitError("data.pkl is larger than 1 GiB")
-        try:
-            data = zf.read(pkl_info)
-            order = infos.get(prefix + "byteorder")
-            byteorder = zf.read(order).decode("ascii", "replace").strip() if order else "little"
-        except Exception as e:
-            raise PinitError(f"cannot read the zip archive ({type(e).__name__}: {e})") from None
-    if byteorder != "little":
-        raise PinitError(f"big-endian checkpoints are not supported (byteorder '{byteorder}')")
+    # the members torch.load reads, or a refusal where another reader could read others (SPEC 1)
+    layout = zip_layout.torch_layout(fd, infos, start_dir)
+    if layout.find("constants.pkl") is not None and any(k.startswith("code/") for k in layout.records):
+        raise TorchScriptArchive(sum(k.startswith("data/") for k in layout.records))
+    pkl_info = layout.find("data.pkl")
+    if pkl_info is None:  # torch_layout refuses archives without one
+        raise PinitError("zip archive is not a torch checkpoint (no data.pkl)")
+    if pkl_info.file_size > MAX_PICKLE_BYTES:
+        raise PinitError(f"data.pkl is larger than {MAX_PICKLE_BYTES >> 20} MiB")
+    data = zip_layout.read_record(fd, pkl_info, MAX_PICKLE_BYTES)  # inflates no more than that
+    if layout.byteorder != "little":
+        raise PinitError(f"big-endian checkpoints are not supported (byteorder '{layout.byteorder}')")
     obj = unpickle(data, allowed)
-    return ZipCheckpoint(obj, path, fd, infos, prefix)
-
-
-class _ClosingMember:
-    def __init__(self, zf: zipfile.ZipFile, member: Any) -> None:
-        self.zf = zf
-        self.member = member
-
-    def __enter__(self) -> Any:
-        return self.member
-
-    def __exit__(self, *exc: Any) -> None:
-        self.member.close()
-        self.zf.close()
+    return ZipCheckpoint(obj, path, fd, layout.records, layout.prefix)
 
 
 def _storage(ckpt: ZipCheckpoint, ref: StorageRef, file_size: int) -> Storage:
-    info = ckpt.members.get(f"{ckpt.prefix}data/{ref.key}")
+    # ckpt.members: the records below the prefix, looked up ignoring ASCII case as torch does
+    info = zip_layout.find(ckpt.members, f"data/{ref.key}")
     if info is None:
         raise PinitError(f"storage '{ref.key}' is missing from the zip archive")
     nbytes = ref.numel * (dtypes.get(ref.dtype).itemsize if ref.dtype else 1)
+    # torch.load(mmap=True) reads the first nbytes of a longer record (without mmap torch refuses it);
+    # a shorter one both refuse (mmap reads past the record)
     if nbytes > info.file_size:
         raise PinitError(f"storage '{ref.key}' claims {nbytes} bytes but its zip member holds {info.file_size}")
     key = (ckpt.path, ref.key)
+    start = _member_data_offset(ckpt.fd, info, file_size)
     if info.compress_type == zipfile.ZIP_STORED:
-        return FileStorage(ckpt.fd, _member_data_offset(ckpt.fd, info, file_size), nbytes, key, ckpt.path)
-
-    def opener() -> Any:
-        z = zipfile.ZipFile(ckpt.path)
-        return _ClosingMember(z, z.open(info))
-
-    return StreamStorage(opener, nbytes, key)
+        return FileStorage(ckpt.fd, start, nbytes, key, ckpt.path)
+    if nbytes != info.file_size:  # torch inflates it only when the sizes agree (mmap reads it compressed)
+        raise PinitError(f"storage '{ref.key}' claims {nbytes} bytes but its compressed member holds {info.file_size}")
+    zip_layout.InflatedReader(ckpt.fd, info, start).check()  # torch refuses one of another inflated size
+    return StreamStorage(lambda: zip_layout.InflatedReader(ckpt.fd, info, start), nbytes, key)
 
 
 def to_entries(ckpt: ZipCheckpoint, leaves: list[Any]) -> list[TensorEntry]:
