@@ -87,7 +87,7 @@ def _text(report: CheckReport, quiet: bool) -> None:
             rows.append(
                 [
                     (f.path, None),
-                    (x.tensor or "—", None),
+                    (out.safe_text(x.tensor) if x.tensor else "—", None),
                     (x.severity, style[x.severity]),
                     (x.code, None),
                     (x.message, None),
@@ -117,10 +117,13 @@ def _github(report: CheckReport) -> None:
     for f in report.files:
         for x in f.findings:
             level = "error" if x.severity == "error" else "warning"
-            title = f"pinit {x.code}" + (f" in {x.tensor}" if x.tensor else "")
-            msg = f"{x.tensor}: {x.message}" if x.tensor else x.message
+            # escaped and shortened first: no raw newline (a second workflow command) or ESC
+            tensor = out.safe_text(x.tensor) if x.tensor else ""
+            title = f"pinit {x.code}" + (f" in {tensor}" if tensor else "")
+            msg = out.safe_line(f"{tensor}: {x.message}" if tensor else x.message)
+            path = out.safe_text(f.path, 4096)
             sys.stdout.write(
-                f"::{level} file={_gh_escape(f.path, True)},title={_gh_escape(title, True)}::{_gh_escape(msg)}\n"
+                f"::{level} file={_gh_escape(path, True)},title={_gh_escape(title, True)}::{_gh_escape(msg)}\n"
             )
     s = report.summary()
     sys.stdout.write(

@@ -68,7 +68,7 @@ def _table(report: DiffReport) -> None:
             what = _desc(t.dtype_a, t.shape_a)
         rows.append(
             [
-                (t.name, None),
+                (out.safe_text(t.name), None),
                 (t.status, style.get(t.status)),
                 (what, None),
                 (out.fmt_num(t.max_abs_diff), None),

@@ -17,9 +17,20 @@ EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 
 
+ERROR_LINE_LIMIT = 2000
+"""Most characters of one ``error:`` or ``warning:`` line, whatever the file held."""
+
+
+def _one_line(prefix: str, message: object) -> str:
+    """``prefix`` and ``message`` as one bounded line: control and format characters escaped
+    (a newline in a tensor name shows as ``\\n``), long names shortened (see ``safe_line``)."""
+    from pinit.cli.output import safe_line
+
+    return prefix + safe_line(str(message).strip(), ERROR_LINE_LIMIT - len(prefix))
+
+
 def error_line(message: str) -> str:
-    text = " ".join(str(message).split())  # one line, whatever the message held
-    return f"error: {text}"
+    return _one_line("error: ", message)
 
 
 def die(message: str) -> NoReturn:
@@ -32,7 +43,7 @@ def _print_error(message: str) -> int:
 
 
 def warn(message: str) -> None:
-    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+    print(_one_line("warning: ", message), file=sys.stderr)
 
 
 def debug_requested(args: Sequence[str]) -> bool:

@@ -9,6 +9,7 @@ import typer
 from pinit.cli import options as opt
 from pinit.cli import output as out
 from pinit.cli.common import load_options, open_path
+from pinit.cli.errors import warn
 
 if TYPE_CHECKING:
     from pinit.inspect import Report, TensorReport
@@ -62,6 +63,9 @@ def inspect(
                 sort=sort.value,
                 progress=progress,
             )
+    problem = ckpt.coverage.problem() if ckpt.coverage is not None else None
+    if problem is not None:  # never shown as healthy: said on stderr, and in the JSON summary's coverage
+        warn(f"{ckpt.path}: {problem}")
     render(report, fmt, with_stats=not no_stats, values=values > 0, hist=hist)
 
 
@@ -76,11 +80,11 @@ def render(report: Report, fmt: opt.InspectFormat, *, with_stats: bool, values: 
             out.render_markdown(columns, rows)
             print()
             for line in _summary_lines(report):
-                print(f"- {out.printable(line)}")
+                print(f"- {out.safe_line(line)}")
         else:
             out.render_table(columns, rows, title=f"{report.path} ({report.format})")
             for line in _summary_lines(report):
-                print(out.printable(line))
+                print(out.safe_line(line))
 
 
 def _flag_cells(t: TensorReport) -> out.Cell:
@@ -107,7 +111,8 @@ def _table(report: Report, with_stats: bool, values: bool, hist: bool) -> tuple[
     rows = []
     for t in report.tensors:
         e = t.entry
-        name = e.name + (f"  (= {', '.join(t.tied_with)})" if t.tied_with else "")
+        tied = ", ".join(out.safe_text(n) for n in t.tied_with)
+        name = out.safe_text(e.name) + (f"  (= {tied})" if t.tied_with else "")
         row: list[out.Cell] = [
             (name, None),
             (out.fmt_shape(e.shape), None),
@@ -141,10 +146,10 @@ def _summary_lines(report: Report) -> list[str]:
         f"flags: {s['errors']} errors, {s['warnings']} warnings",
     ]
     for group in s["tied"]:
-        lines.append("tied: " + " = ".join(group))
+        lines.append("tied: " + " = ".join(out.safe_text(n) for n in group))
     for t in report.tensors:
         for f in t.flags:
-            lines.append(f"{f.severity}: {t.name}: {f.code}: {f.message}")
+            lines.append(f"{f.severity}: {out.safe_text(t.name)}: {f.code}: {f.message}")
     return lines
 
 

@@ -74,6 +74,15 @@ def reinit(
         typer.Option("--out", "-o", help="Write here instead of in place; .safetensors → safetensors, else torch zip."),
     ] = None,
     backup: Annotated[bool, typer.Option("--backup", help="Keep the file being replaced as PATH.bak.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rewrite a read-only file in place.")] = False,
+    with_tied: Annotated[
+        bool,
+        typer.Option(
+            "--with-tied",
+            help="Also re-initialize every tensor sharing storage with a selected one (tied weights, "
+            "views such as q = qkv[0:1]): the group is drawn once. Without it such a selection is an error.",
+        ),
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show statistics before and after; write nothing.")
     ] = False,
@@ -109,6 +118,8 @@ def reinit(
         seed=seed,
         out=out_path,
         backup=backup,
+        force=force,
+        with_tied=with_tied,
         dry_run=dry_run,
         provenance=not no_provenance,
         max_abs=max_abs,
@@ -140,7 +151,7 @@ def _render(result: ReinitResult) -> None:
     for c in result.changes:
         applied = c.scheme if c.scheme == c.applied else f"{c.scheme} → {c.applied}"
         opts = ", ".join(f"{k}={out.fmt_num(v) if isinstance(v, float) else v}" for k, v in c.options.items())
-        row: list[out.Cell] = [(c.name, None), (applied, None), (opts, None)]
+        row: list[out.Cell] = [(out.safe_text(c.name), None), (applied, None), (opts, None)]
         if result.dry_run:
             b, af = c.before, c.after
             row += [
@@ -157,6 +168,5 @@ def _render(result: ReinitResult) -> None:
     if result.dry_run:
         print(f"{len(result.changes)} tensors would change; nothing was written")
     else:
-        print(
-            f"{len(result.changes)} tensors re-initialized; wrote {', '.join(result.files_written)} ({result.format})"
-        )
+        written = ", ".join(result.files_written)
+        print(out.safe_line(f"{len(result.changes)} tensors re-initialized; wrote {written} ({result.format})"))
