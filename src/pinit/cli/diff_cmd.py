@@ -103,4 +103,7 @@ def _table(report: DiffReport) -> None:
         )
         if s[k]
     ]
+    for side, groups in (("A", report.ties_only_in_a), ("B", report.ties_only_in_b)):
+        for g in groups:  # the values may be equal, but one side's copies no longer change together
+            print(out.safe_line(f"shared storage only in {side}: {' = '.join(g)}"))
     print(("equal: " if report.equal else "different: ") + (", ".join(parts) or "no tensors"))

@@ -145,6 +145,10 @@ def _summary_lines(report: Report) -> list[str]:
         + (f" ({dtypes})" if dtypes else ""),
         f"flags: {s['errors']} errors, {s['warnings']} warnings",
     ]
+    cov = s["coverage"]
+    if cov["tensors_read"] != cov["tensors_found"] or not cov["tensors_found"]:
+        lines.append(f"coverage: {cov['tensors_read']} of {cov['tensors_found']} tensors found were read")
+        lines += [f"not read: {u}" for u in cov["uninterpreted"]]
     for group in s["tied"]:
         lines.append("tied: " + " = ".join(out.safe_text(n) for n in group))
     for t in report.tensors:
