@@ -183,3 +183,60 @@ def test_every_healthy_init_gets_no_error(tmp_path: Path, dtype: str) -> None:
     assert not errors, errors
     assert r.exit_code == 0
     assert {x["code"] for x in findings} <= {"all_zero", "constant"}, findings
+
+
+def test_adam_moments_of_a_sparse_embedding_are_not_garbage(tmp_path: Path) -> None:
+    """AdamW on an embedding whose vocabulary is 45% unused: never-seen rows keep exact zeros in
+    exp_avg, and rows last used a while ago decay by 0.9 a step through the subnormals."""
+    emb = torch.nn.Embedding(4000, 16)
+    opt = torch.optim.AdamW(emb.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    used = torch.randperm(4000, generator=gen)[:2200]
+    for step in range(900):
+        opt.zero_grad()
+        # early on most used rows appear; later only a shrinking set, so old rows decay
+        active = used[: max(40, 2200 - 3 * step)]
+        idx = active[torch.randint(len(active), (64,), generator=gen)]
+        emb(idx).pow(2).sum().backward()
+        opt.step()
+    sd = {"state_dict": emb.state_dict(), "optimizer_states": [opt.state_dict()]}
+    exp_avg = sd["optimizer_states"][0]["state"][0]["exp_avg"]
+    zeros = int((exp_avg == 0).sum())
+    subnormal = int(((exp_avg != 0) & (exp_avg.abs() < torch.finfo(torch.float32).tiny)).sum())
+    assert zeros >= 0.40 * exp_avg.numel() and subnormal > 0, (zeros, subnormal)  # the case the rule must pass
+    path = save_checkpoint(tmp_path / "adam.ckpt", sd)
+    got = codes_by_tensor(path)
+    assert all(sev != "error" for flags in got.values() for sev in flags.values()), got
+
+
+def test_transformer_engine_extra_state_is_not_a_zero3_save(tmp_path: Path) -> None:
+    """TransformerEngine saves every ``_extra_state`` as an empty uint8 tensor (without FP8):
+    half the tensors of a Megatron layer are empty, but no floating parameter is."""
+    sd = {}
+    for i in range(6):
+        p = f"decoder.layers.{i}"
+        sd[f"{p}.self_attention.linear_qkv.weight"] = torch.randn(48, 16)
+        sd[f"{p}.self_attention.linear_qkv._extra_state"] = torch.empty(0, dtype=torch.uint8)
+        sd[f"{p}.self_attention.linear_proj.weight"] = torch.randn(16, 16)
+        sd[f"{p}.self_attention.linear_proj._extra_state"] = torch.empty(0, dtype=torch.uint8)
+        sd[f"{p}.mlp.linear_fc1._extra_state"] = torch.empty(0, dtype=torch.uint8)
+    path = save_checkpoint(tmp_path / "megatron.pt", sd)
+    r = run_cli("check", path, "--fail-on", "warning")
+    assert r.exit_code == 0, r.stdout
+
+
+def test_batchnorm_with_many_dead_channels_is_not_garbage(tmp_path: Path) -> None:
+    """A BatchNorm layer whose input is 0 on 60% of its channels: their running statistics decay
+    by 0.9 a step and stall at 4 * 2**-149, so most of the buffer is subnormal."""
+    bn = torch.nn.BatchNorm1d(32)
+    gen = torch.Generator().manual_seed(0)
+    alive = torch.zeros(32, dtype=torch.bool)
+    alive[:12] = True
+    for _ in range(1200):
+        bn(torch.randn(16, 32, generator=gen) * alive + 3.0 * alive)
+    var = bn.running_var
+    assert int(((var != 0) & (var < torch.finfo(torch.float32).tiny)).sum()) >= 19
+    path = save_checkpoint(tmp_path / "bn.pt", {f"bn.{k}": v for k, v in bn.state_dict().items()})
+    got = codes_by_tensor(path)
+    assert all(sev != "error" for flags in got.values() for sev in flags.values()), got
+    assert got["bn.running_var"] == {"subnormal": "warning"}

@@ -291,7 +291,7 @@ def test_github_escapes_properties_and_message(tmp_path: Path) -> None:
     assert "enc%2Clayer%3A0.weight" in title
     assert "enc,layer:0.weight" in nan_line.split("::")[-1]  # in the message, plain
     inf_line = next(ln for ln in lines if "line1" in ln)
-    assert "line1%0Aline2" in inf_line.split("::")[-1]
+    assert "line1\\nline2" in inf_line.split("::")[-1]  # escaped as in every terminal format (SPEC 7)
 
 
 # ------------------------------------------------------------------------------------- severities

@@ -106,7 +106,10 @@ def test_json_document_field_for_field(mixed):
     assert summary["by_dtype"] == by_dtype
     all_flags = [f for t in doc["tensors"] for f in t["flags"]]
     assert summary["errors"] == sum(f["severity"] == "error" for f in all_flags) == 2  # enc.nan: nan, inf
-    assert summary["warnings"] == sum(f["severity"] == "warning" for f in all_flags) == 1  # dec.zero
+    # dec.zero: all_zero; empty: a lone 0-element tensor is an `empty` warning (SPEC 4)
+    assert summary["warnings"] == sum(f["severity"] == "warning" for f in all_flags) == 2
+    assert summary["coverage"] == {"tensors_found": len(tensors), "tensors_read": len(tensors), "uninterpreted": []}
+    assert summary["tied"] == []
     by = {t["name"]: t for t in doc["tensors"]}
     assert by["enc.nan"]["stats"]["nan"] == 1 and by["enc.nan"]["stats"]["inf"] == 1
     assert by["steps"]["stats"]["min"] == -1 and by["steps"]["stats"]["max"] == 7
@@ -458,8 +461,9 @@ def test_table_when_piped(mixed):
     names_in_rows = [ln.split()[0] for ln in lines[2 : 2 + len(tensors)]]
     assert names_in_rows == listed(inspect_json(path))
     assert any(ln.startswith(f"{len(tensors)} tensors, ") for ln in lines)
-    assert "flags: 2 errors, 1 warnings" in lines
+    assert "flags: 2 errors, 2 warnings" in lines  # dec.zero all_zero, empty: empty
     assert any(ln.startswith("error: enc.nan: nan") for ln in lines)
+    assert "warning: empty: empty: shape [0, 5]: 0 elements" in lines
 
 
 def test_table_shows_tied_groups():

@@ -85,13 +85,25 @@ def test_subnormal(tmp_path, dtype, value, flagged):
     docs = {t["name"]: t for t in r.json()["tensors"]}
     assert docs["bad"]["stats"]["subnormal"] == 1  # counted for every dtype ...
     assert docs["good"]["flags"] == []
-    if flagged:  # ... but an error only for float32, float64 and bfloat16
-        (f,) = docs["bad"]["flags"]
-        assert (f["code"], f["severity"]) == ("subnormal", "error")
+    if flagged:  # ... but a warning only for float32, float64 and bfloat16, and not an error:
+        (f,) = docs["bad"]["flags"]  # a lone subnormal without the never-written signature (SPEC 4)
+        assert (f["code"], f["severity"]) == ("subnormal", "warning")
         assert "1 subnormal of 6 values" in f["message"]
+        assert "no other sign of garbage" in f["message"]
     else:
         assert docs["bad"]["flags"] == []
     assert core_flags(path) == {n: d["flags"] for n, d in docs.items()}
+    assert r.json()["summary"]["errors"] == 0
+    assert r.json()["summary"]["warnings"] == (1 if flagged else 0)
+
+    # the same subnormal beside NaN is the signature of never-written memory: an error for every dtype
+    garbage = bad.clone()
+    garbage[2, 1] = math.nan
+    path = save_checkpoint(tmp_path / "g.safetensors", {"garbage": garbage})
+    doc = run_cli("inspect", path, "--format", "json").json()
+    got = {(f["code"], f["severity"]) for f in doc["tensors"][0]["flags"]}
+    assert got == {("nan", "error"), ("uninitialized", "error")}
+    assert core_flags(path) == {t["name"]: t["flags"] for t in doc["tensors"]}
 
 
 def test_huge_default_and_max_abs(tmp_path, ext):
@@ -135,8 +147,10 @@ def test_all_zero(tmp_path, ext):
     assert flags["w"] == [{"code": "all_zero", "severity": "warning", "message": "all 12 values are 0"}]
     assert codes(flags["negzero"]) == ["all_zero"]
     assert codes(flags["conv"]) == ["all_zero"] and "54" in flags["conv"][0]["message"]
-    for name in ("bias", "emb", "empty", "healthy"):
+    for name in ("bias", "emb", "healthy"):
         assert flags[name] == [], name
+    # a 0-element tensor is never all_zero; it is an `empty` warning (SPEC 4), one of 7 tensors: no error
+    assert flags["empty"] == [{"code": "empty", "severity": "warning", "message": "shape [0, 3]: 0 elements"}]
 
 
 def test_constant(tmp_path, ext):
@@ -247,7 +261,8 @@ def test_flags_messages_carry_counts_for_large_tensors(tmp_path):
 def test_several_flags_on_one_tensor(tmp_path):
     t = torch.tensor([[math.nan, math.inf], [1e-40, 5e9]])
     doc = run_cli("inspect", save_checkpoint(tmp_path / "m.safetensors", {"t": t}), "--format", "json").json()
-    assert codes(doc["tensors"][0]["flags"]) == ["huge", "inf", "nan", "subnormal"]
+    # the subnormal beside NaN/Inf/huge values is the never-written signature, not a mere subnormal
+    assert codes(doc["tensors"][0]["flags"]) == ["huge", "inf", "nan", "uninitialized"]
     assert doc["summary"]["errors"] == 4 and doc["summary"]["warnings"] == 0
 
 
@@ -292,7 +307,7 @@ def test_flagged_selects_error_flags_only(tmp_path):
 
 UNINIT_EXPECTED = {
     "conv1.weight": [("all_zero", "warning")],
-    "conv2.weight": [("huge", "error"), ("subnormal", "error")],
+    "conv2.weight": [("huge", "error"), ("uninitialized", "error")],  # subnormals beside 3e38
     "fc.weight": [("nan", "error")],
     "extra.proj.weight": [("constant", "warning")],
     "extra.copy.weight": [("duplicate", "warning")],

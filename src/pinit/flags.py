@@ -10,13 +10,18 @@ trained checkpoints in ``tests/data/real`` (their numbers are in the README):
   across the real set, no tensor with subnormals had a huge value or NaN, and subnormals plus
   zeros never made more than 31.25% of a tensor (10 of 32, a MobileNetV2 running_mean).
 - So ``uninitialized`` (error) fires on subnormals together with NaN/Inf, with |x| > 1e10, or
-  with subnormals and zeros making at least 40% of the tensor; other subnormals are a
-  ``subnormal`` warning. Float16 and fp8 hold subnormals in ordinary small weights: for them
-  only NaN/Inf beside subnormals is the signature.
+  with subnormals and zeros making at least 40% of the tensor while subnormals are at least 10%
+  of its non-zero values (in the Adam moments of a sparsely used embedding, never-seen rows are
+  exact zeros and decaying rows pass through the subnormals: 45% zeros, but 0.05% of the
+  non-zero values subnormal). Decaying statistics (BatchNorm running statistics, optimizer
+  moments) stall at subnormals by construction, so for them only NaN/Inf or |x| > 1e10 beside
+  subnormals counts. Other subnormals are a ``subnormal`` warning. Float16 and fp8
+  hold subnormals in ordinary small weights: for them only NaN/Inf beside subnormals counts.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +29,7 @@ from itertools import islice
 from typing import TYPE_CHECKING
 
 from pinit.grouping import group_of, storage_groups
-from pinit.storage import TensorEntry
+from pinit.storage import TensorEntry, contiguous_strides
 
 if TYPE_CHECKING:
     from pinit.stats import Stats
@@ -39,13 +44,14 @@ FLAG_CODES: dict[str, tuple[str, str]] = {
     "uninitialized": (
         ERROR,
         "the signature of never-written memory: subnormals beside NaN/Inf, beside |x| > 1e10, or subnormals "
-        "and zeros together >= 40% of the values (float16/fp8: beside NaN/Inf only)",
+        "and zeros together >= 40% of the values with subnormals >= 10% of the non-zero ones "
+        "(float16/fp8: beside NaN/Inf only)",
     ),
     "subnormal": (WARNING, "some subnormal values without that signature (float32, float64, bfloat16)"),
     "empty": (
         WARNING,
-        "a tensor with 0 elements; error when at least a quarter of the tensors (8 or more) are empty, "
-        "the signature of an unconverted DeepSpeed ZeRO-3 save",
+        "a floating tensor with 0 elements; error when at least a quarter of the floating tensors (8 or more) "
+        "are empty, the signature of an unconverted DeepSpeed ZeRO-3 save",
     ),
     "huge": (ERROR, "any finite |x| > max_abs (default 1e6, --max-abs); not an optimizer's one-element step count"),
     "all_zero": (WARNING, "floating tensor with ndim >= 2, every element 0"),
@@ -55,7 +61,8 @@ FLAG_CODES: dict[str, tuple[str, str]] = {
 
 DEFAULT_MAX_ABS = 1e6
 GARBAGE_MAGNITUDE = 1e10  # |x| beyond this beside subnormals: bytes that never held this dtype
-GARBAGE_SHARE = 0.40  # subnormals and zeros together: the allocator-metadata pattern
+GARBAGE_SHARE = 0.40  # subnormals and zeros together make this share of the values ...
+GARBAGE_NONZERO_SHARE = 0.10  # ... and subnormals this share of the non-zero ones: allocator metadata
 EMPTY_SHARE = 0.25  # empty tensors among all ...
 EMPTY_MIN = 8  # ... and at least this many: an unconverted ZeRO-3 partitioned save (one had 309 of 851)
 
@@ -123,6 +130,20 @@ def _is_step_counter(entry: TensorEntry) -> bool:
     return entry.numel == 1 and entry.name.rpartition(".")[2] == "step"
 
 
+# Tensors that decay geometrically towards 0 where their input is 0, and stall there as
+# subnormals (x * 0.9 rounds back to 4 * 2**-149): BatchNorm running statistics of dead channels,
+# and the optimizer moments of parameters that no longer get gradients (a sparse embedding's
+# unused rows). Zeros and subnormals in any share are their normal state.
+_DECAYING = re.compile(
+    r"(^|\.)(running_mean|running_var)$"
+    r"|(^|\.)state\.\d+\.(exp_avg|exp_avg_sq|max_exp_avg_sq|momentum_buffer|square_avg|acc_delta|exp_inf|sum)$"
+)
+
+
+def _decaying_statistic(entry: TensorEntry) -> bool:
+    return _DECAYING.search(entry.name) is not None
+
+
 def _garbage_signature(entry: TensorEntry, st: Stats) -> str | None:
     """Why subnormals in this tensor look like never-written memory, or None."""
     n = st.numel
@@ -132,24 +153,31 @@ def _garbage_signature(entry: TensorEntry, st: Stats) -> str | None:
         return None
     if st.abs_max is not None and st.abs_max > GARBAGE_MAGNITUDE:
         return f"beside values up to {_g(st.abs_max)}"
-    junk = (st.subnormal or 0) + st.zeros
-    if junk >= GARBAGE_SHARE * n:
-        return f"and {st.zeros} zeros: together {_pct(junk, n)} of the tensor"
+    if _decaying_statistic(entry):
+        return None
+    sub = st.subnormal or 0
+    junk = sub + st.zeros
+    if junk >= GARBAGE_SHARE * n and sub >= GARBAGE_NONZERO_SHARE * (n - st.zeros):
+        of_nonzero = _pct(sub, n - st.zeros)
+        return f"and {st.zeros} zeros: together {_pct(junk, n)} of the tensor ({of_nonzero} of its non-zero values)"
     return None
 
 
 def empty_flags(entries: Sequence[TensorEntry], context: Sequence[TensorEntry] | None = None) -> dict[str, Flag]:
-    """``empty`` for each 0-element tensor of ``entries``; an error when at least a quarter
-    of ``context`` (the whole checkpoint), and at least 8 tensors, are empty."""
+    """``empty`` for each 0-element floating tensor of ``entries``; an error when at least a
+    quarter of the floating tensors of ``context`` (the whole checkpoint), and at least 8, are
+    empty. Integer and byte tensors are left out: TransformerEngine saves every ``_extra_state``
+    as an empty uint8 tensor, and a ZeRO-3 save empties floating parameters."""
     context = entries if context is None else context
-    empties = [e for e in entries if e.numel == 0]
+    empties = [e for e in entries if e.numel == 0 and e.dt.is_float]
     if not empties:
         return {}
-    total = len(context)
-    n_empty = sum(e.numel == 0 for e in context)
+    floating = [e for e in context if e.dt.is_float]
+    total = len(floating)
+    n_empty = sum(e.numel == 0 for e in floating)
     if n_empty >= EMPTY_MIN and n_empty >= EMPTY_SHARE * total:
         msg = (
-            f"0 elements, like {n_empty} of the checkpoint's {total} tensors: the signature of an unconverted "
+            f"0 elements, like {n_empty} of the checkpoint's {total} floating tensors: the signature of an unconverted "
             "DeepSpeed ZeRO-3 save (its weights live in the partitioned optimizer files; convert with zero_to_fp32.py)"
         )
         return {e.name: Flag("empty", ERROR, f"shape {list(e.shape)}: {msg}") for e in empties}
@@ -228,5 +256,17 @@ def duplicate_message(name: str, group: Sequence[str]) -> str:
 def _same_bytes(a: TensorEntry, b: TensorEntry) -> bool:
     import numpy as np
 
+    if a.dtype == b.dtype and a.shape == b.shape and _strides(a) == _strides(b):
+        # One layout (a broadcast or transposed view, say): the tensors are equal exactly when
+        # their storages agree at the positions the view reaches, each compared once, in storage
+        # order (a 32768x32768 broadcast of one row compares one row).
+        for (ka, pa), (kb, pb) in zip(a.stat_parts(), b.stat_parts(), strict=True):
+            if ka != kb or not all(np.array_equal(ca, cb) for ca, cb in zip(pa, pb, strict=True)):
+                return False
+        return True
     # Both iterate in chunks of the same size, so the chunks line up.
     return all(np.array_equal(ca, cb) for ca, cb in zip(a.iter_bytes(), b.iter_bytes()))
+
+
+def _strides(e: TensorEntry) -> tuple[int, ...]:
+    return e.strides if e.strides is not None else contiguous_strides(e.shape)
