@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -306,35 +307,99 @@ class _IntAccumulator:
 
 
 def compute_stats(entry: TensorEntry, max_abs: float = 1e6, chunk_bytes: int = CHUNK_BYTES) -> Stats | None:
-    """Statistics of one tensor, reading its bytes once; None for complex tensors."""
+    """Statistics of one tensor, reading its bytes once; None for complex tensors.
+
+    The bytes come from :meth:`TensorEntry.stat_parts`, in storage order: a broadcast view's
+    elements are read once each and stand for ``repeat`` equal elements (see :func:`_repeat`)."""
     dt = entry.dt
     numel = entry.numel
     if dt.kind == "complex":
         return None
+    buf = scratch("read", chunk_bytes, np.uint8)
     if dt.kind == "float":
         acc = _FloatAccumulator(dt.tiny, max_abs)
-        if _kernel is not None and dt.name != "float64":
-            reduce = _kernel.float_stats
-            kind = _KERNEL_KINDS.get(dt.name)
-            for raw in entry.iter_bytes(chunk_bytes, buf=scratch("read", chunk_bytes, np.uint8)):
-                if kind is None:  # float8: decoded by table to float32 first
-                    raw = dtypes.decode_float(raw, dt.name, out=scratch("decoded", raw.size, np.float32))
-                code = _KERNEL_KINDS["float32"] if kind is None else kind
-                acc.add_reduced(reduce(raw, code, dt.tiny, float(acc.max_abs32)))
-            return acc.result(numel)
-        for raw in entry.iter_bytes(chunk_bytes, buf=scratch("read", chunk_bytes, np.uint8)):
-            if dt.name in ("float32", "float64"):
-                acc.add(dtypes.decode_float(raw, dt.name))
-            else:
-                n = raw.size // dt.itemsize
-                acc.add(dtypes.decode_float(raw, dt.name, out=scratch("decoded", n, np.float32)))
+        for i, (repeat, chunks) in enumerate(entry.stat_parts(chunk_bytes, buf=buf)):
+            part = acc if i == 0 else _FloatAccumulator(dt.tiny, max_abs)
+            _add_float_chunks(part, chunks, dt)
+            _repeat(part, repeat)
+            if part is not acc:
+                _absorb(acc, part)
         return acc.result(numel)
     npdt = dtypes.numpy_dtype(dt.name)
     assert npdt is not None
     iacc = _IntAccumulator()
-    for raw in entry.iter_bytes(chunk_bytes, buf=scratch("read", chunk_bytes, np.uint8)):
-        iacc.add(raw.view(npdt))
+    for i, (repeat, chunks) in enumerate(entry.stat_parts(chunk_bytes, buf=buf)):
+        ipart = iacc if i == 0 else _IntAccumulator()
+        for raw in chunks:
+            ipart.add(raw.view(npdt))
+        _repeat(ipart, repeat)
+        if ipart is not iacc:
+            _absorb(iacc, ipart)
     return iacc.result(numel)
+
+
+def _add_float_chunks(acc: _FloatAccumulator, chunks: Iterator[np.ndarray], dt: dtypes.DType) -> None:
+    """Reduce raw chunks of a floating dtype into ``acc`` (the C kernel when built)."""
+    if _kernel is not None and dt.name != "float64":
+        reduce = _kernel.float_stats
+        kind = _KERNEL_KINDS.get(dt.name)
+        for raw in chunks:
+            if kind is None:  # float8: decoded by table to float32 first
+                raw = dtypes.decode_float(raw, dt.name, out=scratch("decoded", raw.size, np.float32))
+            code = _KERNEL_KINDS["float32"] if kind is None else kind
+            acc.add_reduced(reduce(raw, code, dt.tiny, float(acc.max_abs32)))
+        return
+    for raw in chunks:
+        if dt.name in ("float32", "float64"):
+            acc.add(dtypes.decode_float(raw, dt.name))
+        else:
+            n = raw.size // dt.itemsize
+            acc.add(dtypes.decode_float(raw, dt.name, out=scratch("decoded", n, np.float32)))
+
+
+def _absorb(acc: _FloatAccumulator | _IntAccumulator, part: _FloatAccumulator | _IntAccumulator) -> None:
+    """Merge the totals of ``part`` (values disjoint from those of ``acc``) into ``acc``."""
+    acc.zeros += part.zeros
+    if isinstance(acc, _IntAccumulator):
+        assert isinstance(part, _IntAccumulator)
+        acc.n += part.n
+        acc.total += part.total
+        if part.min is not None and part.max is not None:
+            acc.min = part.min if acc.min is None else min(acc.min, part.min)
+            acc.max = part.max if acc.max is None else max(acc.max, part.max)
+        return
+    assert isinstance(part, _FloatAccumulator)
+    acc.nan += part.nan
+    acc.inf += part.inf
+    acc.subnormal += part.subnormal
+    acc.huge += part.huge
+    if not part.n:
+        return
+    scale = min(acc.scale, part.scale)  # both in the units of the smaller scale
+    if acc.scale != scale:
+        acc._rescale(scale)
+    if part.scale != scale:
+        part._rescale(scale)
+    acc.min = min(acc.min, part.min)
+    acc.max = max(acc.max, part.max)
+    acc._merge(part.n, part.mean, part.m2, part.total)
+
+
+def _repeat(acc: _FloatAccumulator | _IntAccumulator, k: int) -> None:
+    """Totals of the values seen, each taken ``k`` times (a broadcast view): counts and sums
+    scale by k, means, minima and maxima stay, and so does every deviation from the mean, so the
+    sum of squared deviations M2 scales by k as well (unbiased std: sqrt(k*M2 / (k*n - 1)))."""
+    if k == 1:
+        return
+    acc.n *= k
+    acc.total *= k
+    acc.zeros *= k
+    if isinstance(acc, _FloatAccumulator):
+        acc.m2 *= k
+        acc.nan *= k
+        acc.inf *= k
+        acc.subnormal *= k
+        acc.huge *= k
 
 
 def first_values(entry: TensorEntry, n: int) -> list[float | int | bool | str | list[float]]:
@@ -372,14 +437,17 @@ def histogram(entry: TensorEntry, stats: Stats, bins: int = 16) -> list[int] | N
     # Bins computed by hand on halved values: np.histogram refuses ranges that overflow
     # (float64 near 1e308) or are too narrow for 16 distinct edges (a constant 1e20).
     width = hi / 2 - lo / 2
-    counts = np.zeros(bins, dtype=np.int64)
     dt = entry.dt
-    for raw in entry.iter_bytes():
-        x = dtypes.decode_float(raw, dt.name)
-        x = x[np.isfinite(x)].astype(np.float64)
-        if width > 0:
-            idx = np.clip(((x / 2 - lo / 2) / width * bins).astype(np.int64), 0, bins - 1)
-        else:
-            idx = np.zeros(x.size, dtype=np.int64)
-        counts += np.bincount(idx, minlength=bins)
-    return [int(c) for c in counts]
+    total = [0] * bins  # Python ints: counts times repeats may pass int64 for hostile views
+    for repeat, chunks in entry.stat_parts():
+        counts = np.zeros(bins, dtype=np.int64)
+        for raw in chunks:
+            x = dtypes.decode_float(raw, dt.name)
+            x = x[np.isfinite(x)].astype(np.float64)
+            if width > 0:
+                idx = np.clip(((x / 2 - lo / 2) / width * bins).astype(np.int64), 0, bins - 1)
+            else:
+                idx = np.zeros(x.size, dtype=np.int64)
+            counts += np.bincount(idx, minlength=bins)
+        total = [t + int(c) * repeat for t, c in zip(total, counts)]
+    return total
