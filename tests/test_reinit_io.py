@@ -944,6 +944,7 @@ def same_range(a: Path, a_range: tuple[int, int], b: Path, b_range: tuple[int, i
     return True
 
 
+@pytest.mark.slow
 def test_reinit_of_a_small_tensor_does_not_load_a_large_safetensors_file(tmp_path: Path) -> None:
     big = tmp_path / "big.safetensors"
     out = tmp_path / "out.safetensors"
@@ -1098,6 +1099,7 @@ def test_main_called_from_python_returns_control_after_torch_was_loaded(tmp_path
     assert p.stdout.strip().endswith("continued [0, 0] True"), p.stdout
 
 
+@pytest.mark.slow
 def test_reinit_of_many_tensors_holds_one_new_tensor_at_a_time(tmp_path: Path) -> None:
     """SPEC section 8: re-initializing every tensor of a safetensors file keeps peak memory near
     the largest selected tensor (new values are drawn and written one by one), not their sum."""

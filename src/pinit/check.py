@@ -272,6 +272,8 @@ def check_checkpoint(ckpt: Checkpoint, settings: CheckSettings, reference: Check
     problem = ckpt.coverage.problem() if ckpt.coverage is not None else None
     if problem is None and not ckpt.tensors:
         problem = "no tensor found in the file"
+    if problem is None and not entries:
+        problem = f"--exclude left none of the file's {len(ckpt.tensors)} tensors to check"
     if problem is not None:  # never pass what was not read
         findings.insert(0, Finding("no_tensors", ERROR, problem))
     return _apply_rules(findings, settings)

@@ -35,6 +35,10 @@ class LoadOptions:
     allow_globals: tuple[str, ...] = ()
     unsafe_pickle: bool = False
 
+    def __post_init__(self) -> None:
+        for g in self.allow_globals:  # a bad --allow-global is bad usage, before any file is read
+            parse_global(g)
+
     @property
     def allowed(self) -> frozenset[str]:
         return frozenset(DEFAULT_ALLOWED_GLOBALS) | frozenset(parse_global(g) for g in self.allow_globals)
@@ -148,7 +152,8 @@ def _open(path: str, options: LoadOptions) -> Checkpoint:
 
 
 def _open_folder(folder: Path, options: LoadOptions) -> Checkpoint:
-    indexes = sorted(f for f in folder.iterdir() if f.is_file() and f.name.endswith(INDEX_SUFFIXES))
+    # an index that is not a regular file (a FIFO) is still the folder's index: opening it says why
+    indexes = sorted(f for f in folder.iterdir() if not f.is_dir() and f.name.endswith(INDEX_SUFFIXES))
     if len(indexes) == 1:
         return _open_sharded(indexes[0], options)
     if len(indexes) > 1:

@@ -94,9 +94,15 @@ def diff_checkpoints(
     """
     if atol < 0 or rtol < 0:
         raise PinitError("--atol and --rtol must not be negative")
+    for ckpt in (a, b):  # never "equal" for what was not read
+        problem = ckpt.coverage.problem() if ckpt.coverage is not None else None
+        if problem is not None:
+            raise PinitError(f"cannot compare: {problem}", ckpt.path)
     selector = Selector(match, ())
     in_a = {e.name: e for e in a.tensors if selector(e.name)}
     in_b = {e.name: e for e in b.tensors if selector(e.name)}
+    if match and not in_a and not in_b:
+        raise PinitError(f"no tensor of either checkpoint matches {', '.join(repr(m) for m in match)}")
     out: list[TensorDiff] = []
     for name, ea in in_a.items():
         eb = in_b.get(name)

@@ -50,7 +50,7 @@ FLAG_CODES: dict[str, tuple[str, str]] = {
     "subnormal": (WARNING, "some subnormal values without that signature (float32, float64, bfloat16)"),
     "empty": (
         WARNING,
-        "a floating tensor with 0 elements; error when at least a quarter of the floating tensors (8 or more) "
+        "a floating tensor with 0 elements; error when two thirds of the floating tensors, or a quarter and 8 or more, "
         "are empty, the signature of an unconverted DeepSpeed ZeRO-3 save",
     ),
     "huge": (ERROR, "any finite |x| > max_abs (default 1e6, --max-abs); not an optimizer's one-element step count"),
@@ -136,7 +136,7 @@ def _is_step_counter(entry: TensorEntry) -> bool:
 # unused rows). Zeros and subnormals in any share are their normal state.
 _DECAYING = re.compile(
     r"(^|\.)(running_mean|running_var)$"
-    r"|(^|\.)state\.\d+\.(exp_avg|exp_avg_sq|max_exp_avg_sq|momentum_buffer|square_avg|acc_delta|exp_inf|sum)$"
+    r"|(^|\.)state\..+\.(exp_avg|exp_avg_sq|max_exp_avg_sq|momentum_buffer|square_avg|acc_delta|exp_inf|sum)$"
 )
 
 
@@ -164,10 +164,11 @@ def _garbage_signature(entry: TensorEntry, st: Stats) -> str | None:
 
 
 def empty_flags(entries: Sequence[TensorEntry], context: Sequence[TensorEntry] | None = None) -> dict[str, Flag]:
-    """``empty`` for each 0-element floating tensor of ``entries``; an error when at least a
-    quarter of the floating tensors of ``context`` (the whole checkpoint), and at least 8, are
-    empty. Integer and byte tensors are left out: TransformerEngine saves every ``_extra_state``
-    as an empty uint8 tensor, and a ZeRO-3 save empties floating parameters."""
+    """``empty`` for each 0-element floating tensor of ``entries``; an error when at least two
+    thirds of the floating tensors of ``context`` (the whole checkpoint; two or more) are empty,
+    or at least a quarter and at least 8 of them. Integer and byte tensors are left out:
+    TransformerEngine saves every ``_extra_state`` as an empty uint8 tensor, and a ZeRO-3 save
+    empties floating parameters."""
     context = entries if context is None else context
     empties = [e for e in entries if e.numel == 0 and e.dt.is_float]
     if not empties:
@@ -175,7 +176,7 @@ def empty_flags(entries: Sequence[TensorEntry], context: Sequence[TensorEntry] |
     floating = [e for e in context if e.dt.is_float]
     total = len(floating)
     n_empty = sum(e.numel == 0 for e in floating)
-    if n_empty >= EMPTY_MIN and n_empty >= EMPTY_SHARE * total:
+    if (n_empty >= 2 and 3 * n_empty >= 2 * total) or (n_empty >= EMPTY_MIN and n_empty >= EMPTY_SHARE * total):
         msg = (
             f"0 elements, like {n_empty} of the checkpoint's {total} floating tensors: the signature of an unconverted "
             "DeepSpeed ZeRO-3 save (its weights live in the partitioned optimizer files; convert with zero_to_fp32.py)"

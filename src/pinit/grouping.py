@@ -103,6 +103,11 @@ def overlaps(a: TensorEntry, b: TensorEntry) -> bool:
     return bool(np.any(a_ends[idx[ok]] > b_starts[ok]))
 
 
+def shares_bytes(a: TensorEntry, b: TensorEntry) -> bool:
+    """True when ``a`` and ``b`` are the same view or share a storage byte."""
+    return a.view_key == b.view_key or overlaps(a, b)
+
+
 def covers(a: TensorEntry, b: TensorEntry) -> bool:
     """True when every byte of ``b`` is a byte of ``a`` (same storage)."""
     import numpy as np

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pinit.checkpoint import Checkpoint, Coverage
 from pinit.errors import PinitError
 from pinit.flags import DEFAULT_MAX_ABS, ERROR, WARNING, Flag, checkpoint_flags
-from pinit.grouping import group_of, storage_groups
+from pinit.grouping import group_of, shares_bytes, storage_groups
 from pinit.selection import Selector
 from pinit.storage import TensorEntry
 
@@ -27,6 +27,7 @@ class TensorReport:
     stats: Stats | None = None
     flags: list[Flag] = field(default_factory=list)
     tied_with: list[str] = field(default_factory=list)
+    identical: list[str] = field(default_factory=list)  # of tied_with: the very same view (tied weights)
     values: list[Any] | None = None
     hist: list[int] | None = None
 
@@ -181,7 +182,9 @@ def inspect_checkpoint(
     tied = [g.names for g in groups if any(n in chosen_names for n in g.names)]
     for r in reports:
         g = in_group.get(r.name)
-        r.tied_with = [n for n in g.names if n != r.name] if g is not None else []
+        if g is not None:  # the members whose bytes it shares itself (q and k of one qkv share none)
+            r.tied_with = [o.name for o in g.members if o is not r.entry and shares_bytes(o, r.entry)]
+            r.identical = [o.name for o in g.members if o is not r.entry and o.view_key == r.entry.view_key]
     if stats:
         all_stats = compute_all_stats(chosen, max_abs, progress)
         flags = checkpoint_flags(chosen, all_stats, max_abs, context=ckpt.tensors)

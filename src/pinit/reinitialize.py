@@ -250,6 +250,12 @@ def plan_assignments(
         if not target.dt.is_float:
             problems.append(f"{target.name} ({target.dtype} is not a floating type; leave it out with --exclude)")
             continue
+        if _overlaps_itself(target):
+            problems.append(
+                f"{target.name} (a broadcast or self-overlapping view: its {target.numel:,} elements share "
+                "fewer stored values, which one draw cannot fill)"
+            )
+            continue
         if rule.scheme == "default":
             inferred = defaults.infer(target, by_name)
             if isinstance(inferred, str):
@@ -272,6 +278,20 @@ def plan_assignments(
     if not out:
         raise PinitError("the selection is empty: no tensor matches; nothing was written")
     return out
+
+
+def _overlaps_itself(e: TensorEntry) -> bool:
+    """True for a view that reaches some stored element twice (``expand``, hostile strides)."""
+    from pinit.grouping import byte_runs, byte_span
+
+    strides = e.strides if e.strides is not None else contiguous_strides(e.shape)
+    if any(s == 0 and n > 1 for n, s in zip(e.shape, strides)):
+        return True
+    lo, hi = byte_span(e)
+    if hi - lo < e.nbytes:
+        return True
+    runs = byte_runs(e)
+    return runs is not None and int((runs[1] - runs[0]).sum()) < e.nbytes
 
 
 def member_bytes(root: TensorEntry, root_bytes: np.ndarray, member: TensorEntry) -> np.ndarray:

@@ -35,6 +35,9 @@ from pinit import dtypes
 from pinit.errors import PinitError
 from pinit.formats.safetensors import read_header
 
+# hypothesis fuzzing: `pytest -m 'not slow'` skips it
+pytestmark = pytest.mark.slow
+
 SETTINGS = {
     "derandomize": True,
     "deadline": None,

@@ -42,6 +42,9 @@ from hypothesis import strategies as st
 
 from conftest import Result, assert_clean, run_cli, run_timed
 
+# hypothesis fuzzing: `pytest -m 'not slow'` skips it
+pytestmark = pytest.mark.slow
+
 SETTINGS = {
     "derandomize": True,
     "deadline": None,

@@ -34,6 +34,9 @@ from safetensors import safe_open
 
 from conftest import Result, assert_one_error_line
 
+# kill -9 runs, file-size limits, full disks, concurrent writers: `pytest -m 'not slow'` skips them
+pytestmark = pytest.mark.slow
+
 PINIT = [sys.executable, "-m", "pinit"]
 TMP_PREFIX = ".pinit-tmp-"
 MB = 1 << 20

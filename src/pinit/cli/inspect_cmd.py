@@ -111,8 +111,13 @@ def _table(report: Report, with_stats: bool, values: bool, hist: bool) -> tuple[
     rows = []
     for t in report.tensors:
         e = t.entry
-        tied = ", ".join(out.safe_text(n) for n in t.tied_with)
-        name = out.safe_text(e.name) + (f"  (= {tied})" if t.tied_with else "")
+        same = [n for n in t.tied_with if n in t.identical]
+        overlapping = [n for n in t.tied_with if n not in t.identical]
+        name = out.safe_text(e.name)
+        if same:
+            name += f"  (= {', '.join(out.safe_text(n) for n in same)})"
+        if overlapping:
+            name += f"  (shares bytes with {', '.join(out.safe_text(n) for n in overlapping)})"
         row: list[out.Cell] = [
             (name, None),
             (out.fmt_shape(e.shape), None),
@@ -149,8 +154,12 @@ def _summary_lines(report: Report) -> list[str]:
     if cov["tensors_read"] != cov["tensors_found"] or not cov["tensors_found"]:
         lines.append(f"coverage: {cov['tensors_read']} of {cov['tensors_found']} tensors found were read")
         lines += [f"not read: {u}" for u in cov["uninterpreted"]]
+    by_name = {t.name: t for t in report.tensors}
     for group in s["tied"]:
-        lines.append("tied: " + " = ".join(out.safe_text(n) for n in group))
+        first = by_name.get(group[0])
+        identical = first is not None and all(n == group[0] or n in first.identical for n in group)
+        shown = [out.safe_text(n) for n in group]
+        lines.append("tied: " + " = ".join(shown) if identical else "shares storage: " + ", ".join(shown))
     for t in report.tensors:
         for f in t.flags:
             lines.append(f"{f.severity}: {out.safe_text(t.name)}: {f.code}: {f.message}")

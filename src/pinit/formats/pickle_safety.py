@@ -8,7 +8,7 @@ torch's own ``safe_globals`` mechanism; ``--allow-global module.Name`` adds more
 
 from __future__ import annotations
 
-from pinit.errors import PinitError
+from pinit.errors import PinitError, runs_code
 
 # Data-only types that weights_only refuses but training checkpoints hold.
 DEFAULT_ALLOWED_GLOBALS: tuple[str, ...] = (
@@ -39,4 +39,11 @@ def parse_global(spec: str) -> str:
     parts = spec.strip().split(".")
     if len(parts) < 2 or not all(p.isidentifier() for p in parts):
         raise PinitError(f"--allow-global expects module.Name, got '{spec}'")
+    from pinit.formats.torch_zip import canonical_global
+
+    if runs_code(canonical_global(spec.strip())):
+        raise PinitError(
+            f"--allow-global {spec.strip()}: this global runs code, so it is never admitted as data "
+            "(a file that needs it runs that code when torch loads it)"
+        )
     return spec.strip()

@@ -40,6 +40,9 @@ MAX_PICKLE_BYTES = 256 << 20
 # pickle could ask for many gigabytes. Real checkpoints stay far below both (a state dict
 # holds about ten objects per tensor).
 MAX_PICKLE_OBJECTS = 8_000_000
+# Opcodes one pickle may run: 200 MB of "push None, pop" create nothing but take 40 s to run.
+# A state dict takes about 20 opcodes a tensor (500,000 tensors: 10 million).
+MAX_PICKLE_OPS = 15_000_000
 MAX_TENSORS = 500_000
 
 
@@ -56,14 +59,14 @@ class TorchScriptArchive(Exception):
         self.storages = storages
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity, as torch storages are
 class StorageRef:
     key: str
     dtype: str | None  # None for an untyped storage (the tensor gives the dtype)
     numel: int  # elements for typed storages, bytes for untyped
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity, as torch tensors are (a tensor may be a dict key)
 class TensorRef:
     storage: StorageRef
     offset: int
@@ -371,6 +374,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
         self.allowed = allowed
         self.refused: list[str] = [] if refused is None else refused
         self.objects = 0
+        self.ops = 0
         self.tensors = 0
 
     def load(self) -> Any:
@@ -410,7 +414,12 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
             self.stack.pop()
             return
         if isinstance(inst, type) or not isinstance(inst, (Opaque, OrderedDict)):
-            what = f"class {inst.__name__}" if isinstance(inst, type) else f"a {type(inst).__name__} object"
+            if isinstance(inst, type):
+                what = f"class {inst.__name__}"
+            elif isinstance(inst, _Marker):
+                what = f"torch's shared {inst.name} object ({inst.value})"
+            else:
+                what = f"a {type(inst).__name__} object"
             raise PinitError(f"the pickle sets the state of {what} (BUILD refused: only objects it created)")
         super().load_build()
 
@@ -429,19 +438,25 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
         return StorageRef(key, kind.value, numel)
 
 
-def _counting(op: Any) -> Any:
+def _counting(op: Any, creates: bool) -> Any:
     def run(self: RestrictedUnpickler) -> None:
-        self.objects += 1
-        if self.objects > MAX_PICKLE_OBJECTS:
-            raise PinitError(f"the pickle creates more than {MAX_PICKLE_OBJECTS:,} objects (a hostile or broken file)")
+        self.ops += 1
+        if self.ops > MAX_PICKLE_OPS:
+            raise PinitError(f"the pickle runs more than {MAX_PICKLE_OPS:,} opcodes (a hostile or broken file)")
+        if creates:
+            self.objects += 1
+            if self.objects > MAX_PICKLE_OBJECTS:
+                raise PinitError(
+                    f"the pickle creates more than {MAX_PICKLE_OBJECTS:,} objects (a hostile or broken file)"
+                )
         op(self)
 
     return run
 
 
-for _code in _CREATING_OPCODES:
-    if _code[0] in RestrictedUnpickler.dispatch:
-        RestrictedUnpickler.dispatch[_code[0]] = _counting(RestrictedUnpickler.dispatch[_code[0]])
+_CREATING = {code[0] for code in _CREATING_OPCODES}
+for _key, _op in list(RestrictedUnpickler.dispatch.items()):
+    RestrictedUnpickler.dispatch[_key] = _counting(_op, _key in _CREATING)
 
 
 class _LegacyScanUnpickler(RestrictedUnpickler):
