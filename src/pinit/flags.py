@@ -158,6 +158,8 @@ def _garbage_signature(entry: TensorEntry, st: Stats) -> str | None:
     sub = st.subnormal or 0
     junk = sub + st.zeros
     if junk >= GARBAGE_SHARE * n and sub >= GARBAGE_NONZERO_SHARE * (n - st.zeros):
+        if not st.zeros:
+            return f"({_pct(sub, n)} of the tensor)"
         of_nonzero = _pct(sub, n - st.zeros)
         return f"and {st.zeros} zeros: together {_pct(junk, n)} of the tensor ({of_nonzero} of its non-zero values)"
     return None
