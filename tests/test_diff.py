@@ -7,7 +7,9 @@ JSON document of ``pinit diff --format json`` (the structure these tests hold th
                   "status": "identical|within_tolerance|changed|shape_changed|dtype_changed|only_in_a|only_in_b",
                   "shape_a": [..] | null, "shape_b": [..] | null, "dtype_a": "float32" | null,
                   "dtype_b": "float32" | null, "max_abs_diff": 0.0 | null, "rel_l2_diff": 0.0 | null,
-                  "mismatched": 0 | null}],
+                  "mismatched": 0 | null,
+                  "values": "identical|within_tolerance|changed" | null,
+                  "nan_mismatch": 0 | null, "inf_mismatch": 0 | null}],
      "summary": {"identical": 0, "within_tolerance": 0, "changed": 0, "shape_changed": 0,
                  "dtype_changed": 0, "only_in_a": 0, "only_in_b": 0, "tensors": 0, "equal": true}}
 """
@@ -37,6 +39,10 @@ TENSOR_KEYS = {
     "max_abs_diff",
     "rel_l2_diff",
     "mismatched",
+    # added with issue 11: the value comparison (also across dtypes) and NaN/Inf position mismatches
+    "values",
+    "nan_mismatch",
+    "inf_mismatch",
 }
 STATUSES = ["identical", "within_tolerance", "changed", "shape_changed", "dtype_changed", "only_in_a", "only_in_b"]
 SUMMARY_KEYS = {*STATUSES, "tensors", "equal"}

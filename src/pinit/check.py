@@ -6,7 +6,8 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,11 @@ REFERENCE_CODES = {
     "unexpected": "a tensor of the file is not in the reference",
     "shape_mismatch": "a tensor's shape differs from the reference",
     "dtype_mismatch": "a tensor's dtype differs from the reference",
+}
+FILE_CODES = {
+    "unreadable": "the file cannot be read: corrupt, truncated, an unsafe pickle, missing, or not a checkpoint",
+    "no_tensors": "nothing checkable was read: no tensor in the file, tensors inside content pinit does not "
+    "interpret, or --exclude left none",
 }
 CHECK_CODES: dict[str, str] = {
     **{code: sev for code, (sev, _) in FLAG_CODES.items()},
@@ -122,6 +128,12 @@ class CheckReport:
             "summary": self.summary(),
             "exit_code": self.exit_code,
         }
+
+    def as_sarif(self) -> dict[str, Any]:
+        """The SARIF 2.1.0 log of this report (``--format sarif``): see ``pinit.sarif``."""
+        from pinit.sarif import check_sarif
+
+        return check_sarif(self)
 
 
 def parse_rule(text: str) -> tuple[str, str]:
@@ -261,10 +273,15 @@ def _shard_files(index: Path) -> set[str]:
         return set()
 
 
-def check_checkpoint(ckpt: Checkpoint, settings: CheckSettings, reference: Checkpoint | None) -> list[Finding]:
+def check_checkpoint(
+    ckpt: Checkpoint,
+    settings: CheckSettings,
+    reference: Checkpoint | None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Finding]:
     selector = Selector((), settings.exclude)
     entries = [e for e in ckpt.tensors if selector(e.name)]
-    stats = compute_all_stats(entries, settings.max_abs)
+    stats = compute_all_stats(entries, settings.max_abs, progress=progress)
     flags = checkpoint_flags(entries, stats, settings.max_abs, context=ckpt.tensors)
     findings = [Finding(f.code, f.severity, f.message, e.name) for e in entries for f in flags[e.name]]
     if reference is not None:
@@ -307,8 +324,31 @@ def _apply_rules(findings: Sequence[Finding], settings: CheckSettings) -> list[F
     return out
 
 
-def run_check(paths: Sequence[str], settings: CheckSettings, load_options: LoadOptions | None = None) -> CheckReport:
-    """Check every checkpoint under ``paths``; an unreadable file is a finding, not a stop."""
+ProgressFn = Callable[[int], None]
+Progress = Callable[[int], AbstractContextManager[ProgressFn | None]]
+"""``progress(total_bytes)`` is entered once the files are known (``total_bytes``: their size on
+disk); the function it gives (or None) is called with each number of bytes done."""
+
+
+def _disk_bytes(path: str) -> int:
+    """The size of a checkpoint file; of an index, that of the shards it names."""
+    p = Path(path)
+    try:
+        if p.name.endswith(INDEX_SUFFIXES):
+            return sum((p.parent / n).stat().st_size for n in _shard_files(p) if (p.parent / n).is_file())
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
+def run_check(
+    paths: Sequence[str],
+    settings: CheckSettings,
+    load_options: LoadOptions | None = None,
+    progress: Progress | None = None,
+) -> CheckReport:
+    """Check every checkpoint under ``paths``; an unreadable file is a finding, not a stop.
+    ``progress``: see :data:`Progress` (the tensor bytes read, each file made up to its size)."""
     if not paths:
         raise PinitError("give at least one checkpoint file, folder or glob")
     files = expand_paths(paths)
@@ -318,20 +358,44 @@ def run_check(paths: Sequence[str], settings: CheckSettings, load_options: LoadO
     if settings.reference:
         reference = open_checkpoint(settings.reference, load_options)  # unreadable reference: usage error
     results = []
+    sizes = [_disk_bytes(f) for f in files] if progress is not None else [0] * len(files)
     try:
-        for path in files:
-            try:
-                with open_checkpoint(path, load_options) as ckpt:
-                    findings = check_checkpoint(ckpt, settings, reference)
-                    results.append(
-                        FileResult(path, ckpt.format, len(ckpt.tensors), findings, settings.fail_on, ckpt.coverage)
-                    )
-            except PinitError as e:
-                refused = tuple(e.globals) if isinstance(e, UnsafeGlobalError) else ()
-                finding = Finding("unreadable", settings.severity("unreadable"), e.message, None, refused)
-                kept = [finding] if finding.severity != "off" else []
-                results.append(FileResult(path, None, 0, kept, settings.fail_on))
+        with progress(sum(sizes)) if progress is not None else nullcontext() as advance:
+            for path, size in zip(files, sizes):
+                done = _Counter(advance)
+                try:
+                    with open_checkpoint(path, load_options) as ckpt:
+                        findings = check_checkpoint(ckpt, settings, reference, done if advance else None)
+                        results.append(
+                            FileResult(path, ckpt.format, len(ckpt.tensors), findings, settings.fail_on, ckpt.coverage)
+                        )
+                except PinitError as e:
+                    refused = tuple(e.globals) if isinstance(e, UnsafeGlobalError) else ()
+                    finding = Finding("unreadable", settings.severity("unreadable"), e.message, None, refused)
+                    kept = [finding] if finding.severity != "off" else []
+                    results.append(FileResult(path, None, 0, kept, settings.fail_on))
+                done.up_to(size)
     finally:
         if reference is not None:
             reference.close()
     return CheckReport(results, settings)
+
+
+class _Counter:
+    """Passes each advance on to ``advance`` (from the statistics' worker threads) and counts
+    it, so that a file's progress can be made up to its size once it is done."""
+
+    def __init__(self, advance: ProgressFn | None) -> None:
+        import threading
+
+        self.advance, self.done, self.lock = advance, 0, threading.Lock()
+
+    def __call__(self, n: int) -> None:
+        with self.lock:
+            self.done += n
+        if self.advance is not None:
+            self.advance(n)
+
+    def up_to(self, total: int) -> None:
+        if self.advance is not None and total > self.done:
+            self(total - self.done)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ from pinit.checkpoint import Checkpoint
 from pinit.errors import PinitError
 from pinit.grouping import storage_groups
 from pinit.selection import Selector
-from pinit.storage import TensorEntry
+from pinit.storage import CHUNK_BYTES, TensorEntry
 
 STATUSES = ("identical", "within_tolerance", "changed", "shape_changed", "dtype_changed", "only_in_a", "only_in_b")
 SAME = ("identical", "within_tolerance")
@@ -31,6 +31,13 @@ class TensorDiff:
     max_abs_diff: float | None = None
     rel_l2_diff: float | None = None
     mismatched: int | None = None  # elements outside the tolerance
+    # the value comparison, also for tensors whose dtype changed (both upcast to float64):
+    # identical | within_tolerance | changed, or None where values were not compared
+    values: str | None = None
+    nan_mismatch: int | None = None  # positions where exactly one side is NaN
+    inf_mismatch: int | None = None  # positions, NaN on neither side, where an infinity meets another value
+    nan_only_in_a: int = 0  # NaN in A where B has a number (not in JSON: the table's note)
+    nan_only_in_b: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +50,9 @@ class TensorDiff:
             "max_abs_diff": _num(self.max_abs_diff),
             "rel_l2_diff": _num(self.rel_l2_diff),
             "mismatched": self.mismatched,
+            "values": self.values,
+            "nan_mismatch": self.nan_mismatch,
+            "inf_mismatch": self.inf_mismatch,
         }
 
 
@@ -83,14 +93,21 @@ class DiffReport:
 
 
 def diff_checkpoints(
-    a: Checkpoint, b: Checkpoint, *, atol: float = 0.0, rtol: float = 0.0, match: Sequence[str] = ()
+    a: Checkpoint,
+    b: Checkpoint,
+    *,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+    match: Sequence[str] = (),
+    progress: Callable[[int], None] | None = None,
 ) -> DiffReport:
     """Compare ``a`` and ``b``: names only in one, shape/dtype changes, value differences.
 
     Values are equal within tolerance when ``|a - b| <= atol + rtol * |b|`` element-wise
     (``torch.allclose``); NaN equals NaN at the same position, and infinities of the same
     sign are equal.  ``max_abs_diff`` and ``rel_l2_diff = ||a - b|| / ||a||`` are over
-    positions where both values are finite.
+    positions where both values are finite.  ``progress`` is called with the bytes of ``a``
+    done, over every selected tensor of ``a`` that ``b`` also has (compared or not).
     """
     if atol < 0 or rtol < 0:
         raise PinitError("--atol and --rtol must not be negative")
@@ -112,10 +129,16 @@ def diff_checkpoints(
         d = TensorDiff(name, "identical", ea.shape, eb.shape, ea.dtype, eb.dtype)
         if ea.shape != eb.shape:
             d.status = "shape_changed"
-        elif ea.dtype != eb.dtype:
-            d.status = "dtype_changed"
+        elif ea.dtype == eb.dtype or _upcast_kind(ea.dt, eb.dt) is not None:
+            _compare_values(ea, eb, atol, rtol, d, progress)
+            if ea.dtype != eb.dtype:  # a dtype change is a difference whatever the values
+                d.status = "dtype_changed"
+            out.append(d)
+            continue
         else:
-            _compare_values(ea, eb, atol, rtol, d)
+            d.status = "dtype_changed"
+        if progress is not None:  # not compared: counted as done
+            progress(ea.nbytes)
         out.append(d)
     for name, eb in in_b.items():
         if name not in in_a:
@@ -140,43 +163,148 @@ def _ties_changed(a: Checkpoint, b: Checkpoint, common: set[str]) -> tuple[list[
     return [v for k, v in in_a.items() if k not in in_b], [v for k, v in in_b.items() if k not in in_a]
 
 
-def _compare_values(ea: TensorEntry, eb: TensorEntry, atol: float, rtol: float, d: TensorDiff) -> None:
-    dt = ea.dt
-    max_abs = 0.0
-    sq_diff = 0.0
-    sq_a = 0.0
-    mismatched = 0
-    bitwise = True
-    for ca, cb in zip(ea.iter_bytes(), eb.iter_bytes(), strict=True):
-        if np.array_equal(ca, cb):
-            fa = _finite_or_zero(_decode(ca, dt))
-            sq_a += float(np.dot(fa, fa))
-            continue
-        bitwise = False
-        xa, xb = _decode(ca, dt), _decode(cb, dt)
+def _upcast_kind(da: dtypes.DType, db: dtypes.DType) -> str | None:
+    """The kind whose values two different dtypes compare as (both upcast to float64): both
+    floating, both integer or both complex; None for pairs of kinds that do not compare."""
+    return da.kind if da.kind == db.kind and da.kind in ("float", "int", "complex") else None
+
+
+@dataclass
+class _Acc:
+    """Running totals of one tensor's comparison."""
+
+    max_abs: float = 0.0
+    sq_diff: float = 0.0
+    sq_a: float = 0.0
+    mismatched: int = 0
+    nan_a: int = 0
+    nan_b: int = 0
+    inf: int = 0
+    exact: bool = True  # every value equal (bytes equal, for one dtype)
+
+    def only_a(self, xa: np.ndarray) -> None:
+        """A chunk whose values are equal on both sides: only ``||a||`` grows."""
+        fa = _finite_or_zero(xa)
+        self.sq_a += float(np.dot(fa, fa))
+
+    def values(self, xa: np.ndarray, xb: np.ndarray) -> None:
         both = np.isfinite(xa) & np.isfinite(xb)
         diff = np.abs(xa[both] - xb[both])
         if diff.size:
-            max_abs = max(max_abs, float(diff.max()))
-            sq_diff += float(np.dot(diff, diff))
+            self.max_abs = max(self.max_abs, float(diff.max()))
+            self.sq_diff += float(np.dot(diff, diff))
         fa = xa[both]
-        sq_a += float(np.dot(fa, fa))
+        self.sq_a += float(np.dot(fa, fa))
+        na, nb = np.isnan(xa), np.isnan(xb)
+        self.nan_a += int(np.count_nonzero(na & ~nb))
+        self.nan_b += int(np.count_nonzero(nb & ~na))
+        self.inf += int(np.count_nonzero(~(na | nb) & (np.isinf(xa) | np.isinf(xb)) & (xa != xb)))
+
+    def close(self, xa: np.ndarray, xb: np.ndarray, atol: float, rtol: float) -> None:
+        ok = np.isclose(xa, xb, rtol=rtol, atol=atol, equal_nan=True)
+        self.mismatched += int(ok.size - np.count_nonzero(ok))
+
+    def finish(self, d: TensorDiff) -> None:
+        d.max_abs_diff = self.max_abs
+        norm_a, norm_d = math.sqrt(self.sq_a), math.sqrt(self.sq_diff)
+        d.rel_l2_diff = norm_d / norm_a if norm_a > 0 else (0.0 if norm_d == 0 else math.inf)
+        d.mismatched = self.mismatched
+        d.nan_only_in_a, d.nan_only_in_b = self.nan_a, self.nan_b
+        d.nan_mismatch, d.inf_mismatch = self.nan_a + self.nan_b, self.inf
+        if self.exact:
+            d.values = "identical"
+        else:
+            d.values = "within_tolerance" if self.mismatched == 0 else "changed"
+        d.status = d.values
+
+
+def _compare_values(
+    ea: TensorEntry,
+    eb: TensorEntry,
+    atol: float,
+    rtol: float,
+    d: TensorDiff,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Compare the values of two tensors of one shape; sets the value fields and the status
+    (the caller turns it into ``dtype_changed`` for two dtypes)."""
+    acc = _Acc()
+    if ea.dtype == eb.dtype:
+        _same_dtype(ea, eb, atol, rtol, acc, progress)
+    else:
+        _upcast(ea, eb, atol, rtol, acc, progress)
+    acc.finish(d)
+
+
+def _same_dtype(
+    ea: TensorEntry,
+    eb: TensorEntry,
+    atol: float,
+    rtol: float,
+    acc: _Acc,
+    progress: Callable[[int], None] | None,
+) -> None:
+    dt = ea.dt
+    for ca, cb in zip(ea.iter_bytes(), eb.iter_bytes(), strict=True):
+        if progress is not None:
+            progress(ca.size)
+        if np.array_equal(ca, cb):
+            acc.only_a(_decode(ca, dt))
+            continue
+        acc.exact = False
+        xa, xb = _decode(ca, dt), _decode(cb, dt)
+        acc.values(xa, xb)
         if dt.kind == "float" or (atol or rtol):
-            close = np.isclose(xa, xb, rtol=rtol, atol=atol, equal_nan=True)
-            mismatched += int(close.size - np.count_nonzero(close))
+            acc.close(xa, xb, atol, rtol)
         else:  # integers, bools and complex parts compared exactly on their own bytes
             item = dt.itemsize if dt.kind != "complex" else dt.itemsize // 2
             va, vb = ca.view(f"V{item}"), cb.view(f"V{item}")
-            mismatched += int(np.count_nonzero(va != vb))
-    if bitwise:
-        d.status, d.max_abs_diff, d.rel_l2_diff, d.mismatched = "identical", 0.0, 0.0, 0
-        return
-    d.max_abs_diff = max_abs
-    norm_a = math.sqrt(sq_a)
-    norm_d = math.sqrt(sq_diff)
-    d.rel_l2_diff = norm_d / norm_a if norm_a > 0 else (0.0 if norm_d == 0 else math.inf)
-    d.mismatched = mismatched
-    d.status = "within_tolerance" if mismatched == 0 else "changed"
+            acc.mismatched += int(np.count_nonzero(va != vb))
+
+
+def _upcast(
+    ea: TensorEntry,
+    eb: TensorEntry,
+    atol: float,
+    rtol: float,
+    acc: _Acc,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Two dtypes of one kind: both sides streamed in chunks of the same number of elements
+    (so of different byte sizes), decoded to float64 and compared there; integers without a
+    tolerance are compared exactly in their own types (float64 would round beyond 2**53)."""
+    da, db = ea.dt, eb.dt
+    per_chunk = max(1, CHUNK_BYTES // max(da.itemsize, db.itemsize))
+    chunks_a = ea.iter_bytes(per_chunk * da.itemsize)
+    chunks_b = eb.iter_bytes(per_chunk * db.itemsize)
+    for ca, cb in zip(chunks_a, chunks_b, strict=True):
+        if progress is not None:
+            progress(ca.size)
+        xa, xb = _decode(ca, da), _decode(cb, db)
+        same = _int_equal(ca, da, cb, db) if da.kind == "int" else None
+        equal = same if same is not None else (xa == xb) | (np.isnan(xa) & np.isnan(xb))
+        n_equal = int(np.count_nonzero(equal))
+        if n_equal == equal.size:
+            acc.only_a(xa)
+            continue
+        acc.exact = False
+        acc.values(xa, xb)
+        if da.kind == "int" and not (atol or rtol):
+            acc.mismatched += equal.size - n_equal
+        else:
+            acc.close(xa, xb, atol, rtol)
+
+
+def _int_equal(ca: np.ndarray, da: dtypes.DType, cb: np.ndarray, db: dtypes.DType) -> np.ndarray:
+    """Element-wise exact equality of two integer chunks of different types."""
+    na, nb = dtypes.numpy_dtype(da.name), dtypes.numpy_dtype(db.name)
+    assert na is not None and nb is not None
+    xa, xb = ca.view(na), cb.view(nb)
+    if na.kind == nb.kind or np.promote_types(na, nb).kind in "iu":
+        return xa == xb
+    # uint64 against a signed type: numpy would compare them as float64
+    u, i = (xa, xb) if na.kind == "u" else (xb, xa)
+    return (i >= 0) & (u == i.astype(np.uint64))
 
 
 def _finite_or_zero(x: np.ndarray) -> np.ndarray:

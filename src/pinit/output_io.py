@@ -49,6 +49,43 @@ class PendingValues:
 
 
 Values = Mapping[str, np.ndarray] | PendingValues
+ProgressFn = Callable[[int], None]
+
+
+def progress_write_bytes(ckpt: Checkpoint, names: frozenset[str], out: str | os.PathLike[str] | None) -> int:
+    """About the bytes :func:`write_checkpoint` reports to its ``progress``: the tensor data of
+    each torch file it writes, as written; for safetensors, the unchanged tensors it copies, once
+    the file is written (the new values are the caller's to count, as they are drawn)."""
+
+    def file_bytes(c: Checkpoint, fmt: str) -> int:
+        if fmt == "torch":
+            return sum({e.view_key: e.nbytes for e in c.tensors}.values())
+        return _copied_bytes(c, names)
+
+    fmt = output_format(ckpt, out)
+    if fmt == "sharded":
+        return sum(file_bytes(s, s.format) for s in ckpt.shards if any(e.name in names for e in s.tensors))
+    return file_bytes(ckpt, fmt)
+
+
+def _copied_bytes(ckpt: Checkpoint, names: frozenset[str] | Mapping[str, Any]) -> int:
+    """The bytes of the tensors a safetensors output of ``ckpt`` copies unchanged."""
+    return sum(e.nbytes for e in ckpt.tensors if e.name not in names)
+
+
+class _CountingWriter:
+    """A binary file that reports each write's size to ``progress`` (for ``torch.save``)."""
+
+    def __init__(self, f: Any, progress: ProgressFn) -> None:
+        self.f, self.progress = f, progress
+
+    def write(self, data: Any) -> int:
+        n = self.f.write(data)
+        self.progress(len(memoryview(data)) if n is None else n)
+        return n
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def write_checkpoint(
@@ -60,11 +97,13 @@ def write_checkpoint(
     provenance: str | None,
     load_options: LoadOptions,
     force: bool = False,
+    progress: ProgressFn | None = None,
 ) -> tuple[list[str], str, list[str]]:
     """Write ``ckpt`` with the tensors in ``values`` (raw bytes) replaced.
 
     Returns the files written, the output format and warnings. ``force`` lets a
-    write-protected file be replaced (see :func:`check_targets`).
+    write-protected file be replaced (see :func:`check_targets`). ``progress`` is called with
+    the bytes written to each torch file (see :func:`progress_write_bytes`).
     """
     warnings: list[str] = []
     fmt = output_format(ckpt, out)
@@ -73,9 +112,10 @@ def write_checkpoint(
     if fmt == "sharded":
         if isinstance(values, PendingValues):
             values = values.get()
-        return _write_sharded(ckpt, values, out, backup, provenance, load_options, warnings, force), fmt, warnings
+        written = _write_sharded(ckpt, values, out, backup, provenance, load_options, warnings, force, progress)
+        return written, fmt, warnings
     target = os.fspath(out) if out is not None else ckpt.path
-    _write_file(ckpt, values, target, fmt, backup, provenance, load_options, warnings, force)
+    _write_file(ckpt, values, target, fmt, backup, provenance, load_options, warnings, force, progress)
     return [target], fmt, warnings
 
 
@@ -112,15 +152,18 @@ def _write_file(
     load_options: LoadOptions,
     warnings: list[str],
     force: bool = False,
+    progress: ProgressFn | None = None,
 ) -> None:
     if Path(target).is_dir():
         raise PinitError("output path is a folder; name a file", target)
     if fmt == "safetensors":
         _write_as_safetensors(ckpt, values, target, backup, provenance, warnings, force)
+        if progress is not None:
+            progress(_copied_bytes(ckpt, values.names if isinstance(values, PendingValues) else values))
     else:
         if isinstance(values, PendingValues):
             values = values.get()
-        _write_as_torch(ckpt, values, target, backup, load_options, warnings, force)
+        _write_as_torch(ckpt, values, target, backup, load_options, warnings, force, progress)
 
 
 def _write_as_safetensors(
@@ -195,6 +238,7 @@ def _write_as_torch(
     load_options: LoadOptions,
     warnings: list[str],
     force: bool = False,
+    progress: ProgressFn | None = None,
 ) -> None:
     import torch
 
@@ -219,7 +263,7 @@ def _write_as_torch(
     with atomic_file(target, backup, force=force, warnings=warnings) as fd, os.fdopen(os.dup(fd), "wb") as f:
         try:
             pickler = torch_load.pickle_module_for(load_options.allowed, load_options.unsafe_pickle)
-            torch.save(obj, f, pickle_module=pickler)
+            torch.save(obj, f if progress is None else _CountingWriter(f, progress), pickle_module=pickler)
         except RuntimeError as e:
             # torch's zip writer turns a failed f.write (disk full, file-size limit) into an
             # opaque RuntimeError ("unexpected pos ..."); surface the OSError so atomic_file
@@ -258,6 +302,7 @@ def _write_sharded(
     load_options: LoadOptions,
     warnings: list[str],
     force: bool = False,
+    progress: ProgressFn | None = None,
 ) -> list[str]:
     index_path = Path(ckpt.path)
     src_dir = index_path.parent.resolve()
@@ -279,7 +324,9 @@ def _write_sharded(
         changed = {e.name: values[e.name] for e in shard.tensors if e.name in values}
         if changed:
             target.parent.mkdir(parents=True, exist_ok=True)
-            _write_file(shard, changed, str(target), shard.format, backup, provenance, load_options, warnings, force)
+            _write_file(
+                shard, changed, str(target), shard.format, backup, provenance, load_options, warnings, force, progress
+            )
             written.append(str(target))
         elif not in_place:
             _copy_file(Path(shard.path), target)

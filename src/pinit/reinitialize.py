@@ -18,7 +18,8 @@ import math
 import os
 import secrets
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,15 +115,34 @@ class TensorChange:
         }
 
 
+@dataclass(frozen=True)
+class ReinitWarning:
+    """A warning of a reinit.  ``lost_content``: about something the output does not keep
+    (non-tensor content or metadata dropped, tied tensors become copies, other hard links keep
+    the old data, an owner or group not kept); the CLI's ``--quiet`` never hides those."""
+
+    text: str
+    lost_content: bool = False
+
+    def __str__(self) -> str:
+        return self.text
+
+
+ProgressFn = Callable[[int], None]
+Progress = Callable[[int], AbstractContextManager[ProgressFn | None]]
+"""``progress(total_bytes)`` is entered once the work is known; the function it gives (or None)
+is called with each number of bytes done (drawn, then written to a torch file)."""
+
+
 @dataclass
 class ReinitResult:
     path: str
     out: str | None  # None for a dry run
     format: str  # of the output
-    seed: int
+    seed: int | None  # None: no selected scheme is random, and none was given
     seed_drawn: bool
     changes: list[TensorChange]
-    warnings: list[str]
+    warnings: list[ReinitWarning]
     files_written: list[str]
     dry_run: bool
 
@@ -136,7 +156,7 @@ class ReinitResult:
             "dry_run": self.dry_run,
             "tensors": [c.as_json() for c in self.changes],
             "files_written": self.files_written,
-            "warnings": self.warnings,
+            "warnings": [w.text for w in self.warnings],
         }
 
 
@@ -395,12 +415,15 @@ def reinit(
     provenance: bool = True,
     max_abs: float = DEFAULT_MAX_ABS,
     load_options: LoadOptions | None = None,
+    progress: Progress | None = None,
 ) -> ReinitResult:
     """Re-initialize the selected tensors of ``path`` and write the result (see the module doc).
 
     ``force`` rewrites a write-protected file (no write permission) instead of refusing it.
     ``with_tied`` re-initializes every tensor sharing storage with a selected one (one draw of
-    the group's root) instead of refusing the selection."""
+    the group's root) instead of refusing the selection.  A seed is drawn (``seed`` None) only
+    when a selected scheme is random; otherwise the result's seed is None.  ``progress``: see
+    :data:`Progress`."""
     from pinit import output_io
 
     if plan is not None:
@@ -421,9 +444,6 @@ def reinit(
         rules = [Rule(scheme, dict(options or {}), match or (".",), exclude)]
     if seed is not None and (seed < 0 or seed >= 1 << 64):
         raise PinitError("--seed must be between 0 and 2**64-1")
-    seed_drawn = seed is None
-    if seed is None:
-        seed = secrets.randbits(32)
     with open_checkpoint(path, load_options) as ckpt:
         if not dry_run:  # refuse a target that must not be replaced before any work
             output_io.check_targets(ckpt, out, backup=backup, force=force)
@@ -432,13 +452,19 @@ def reinit(
         except PinitError as e:
             e.path = e.path or ckpt.path
             raise
+        seed_drawn = seed is None and any(SCHEMES[a.scheme].random for a in assignments)
+        if seed_drawn:
+            seed = secrets.randbits(32)
+        seed_used = 0 if seed is None else seed  # no scheme draws: any seed gives the same values
         changes: list[TensorChange] = []
-        warnings: list[str] = []
+        warnings: list[ReinitWarning] = []
         for a in assignments:
             if len(a.members) > 1:
                 warnings.append(
-                    f"{', '.join(a.group)} share storage: drawn once, as {a.entry.name} "
-                    f"{list(a.entry.shape)}, and changed together"
+                    ReinitWarning(
+                        f"{', '.join(a.group)} share storage: drawn once, as {a.entry.name} "
+                        f"{list(a.entry.shape)}, and changed together"
+                    )
                 )
             for m in a.members:
                 others = [n for n in a.group if n != m.name]
@@ -450,9 +476,11 @@ def reinit(
             _large_allocations_from_mmap()
             for a in assignments:
                 root = a.entry
-                t = new_values(root.shape, root.dtype, a.scheme, a.kwargs, derive_seed(seed, root.name))
+                t = new_values(root.shape, root.dtype, a.scheme, a.kwargs, derive_seed(seed_used, root.name))
                 data = tensor_bytes(t)
                 del t
+                if advance is not None:  # bound by the `with` below, before anything is drawn
+                    advance(root.nbytes)
                 views: dict[tuple[object, ...], list[TensorEntry]] = {}
                 for m in a.members:
                     views.setdefault(m.view_key, []).append(m)
@@ -461,41 +489,48 @@ def reinit(
                 del data  # before the next tensor is drawn: one new tensor in memory at a time
 
         pending = output_io.PendingValues(frozenset(n for a in assignments for n in a.group), produce)
-        if dry_run:
-            values = pending.get()
-            by_name = {e.name: e for e in ckpt.tensors}
-            for c in changes:
-                e = by_name[c.name]
-                c.before = compute_stats(e, max_abs)
-                c.after = compute_stats(memory_entry(e.name, e.dtype, e.shape, values[e.name]), max_abs)
-            fmt = output_io.output_format(ckpt, out)
-            return ReinitResult(ckpt.path, None, fmt, seed, seed_drawn, changes, warnings, [], True)
-        record = {
-            "version": __version__,
-            "seed": seed,
-            "rules": [
-                {
-                    "match": list(r.match),
-                    "exclude": list(r.exclude),
-                    "scheme": r.scheme,
-                    "options": _jsonable(r.options),
-                }
-                for r in rules
-            ],
-            "tensors": {c.name: {"scheme": c.applied, "options": c.options} for c in changes},
-        }
-        written, fmt, more_warnings = output_io.write_checkpoint(
-            ckpt,
-            pending,
-            out=out,
-            backup=backup,
-            force=force,
-            provenance=json.dumps(record, separators=(",", ":"), sort_keys=True) if provenance else None,
-            load_options=load_options or LoadOptions(),
-        )
-        warnings.extend(more_warnings)
-        target = os.fspath(out) if out is not None else ckpt.path
-        return ReinitResult(ckpt.path, target, fmt, seed, seed_drawn, changes, warnings, written, False)
+        work = sum(a.entry.nbytes for a in assignments)
+        if not dry_run:
+            work += output_io.progress_write_bytes(ckpt, pending.names, out)
+        with progress(work) if progress is not None else nullcontext() as advance:
+            if dry_run:
+                values = pending.get()
+                by_name = {e.name: e for e in ckpt.tensors}
+                for c in changes:
+                    e = by_name[c.name]
+                    c.before = compute_stats(e, max_abs)
+                    c.after = compute_stats(memory_entry(e.name, e.dtype, e.shape, values[e.name]), max_abs)
+                fmt = output_io.output_format(ckpt, out)
+                return ReinitResult(ckpt.path, None, fmt, seed, seed_drawn, changes, warnings, [], True)
+            record = {
+                "version": __version__,
+                "seed": seed,
+                "rules": [
+                    {
+                        "match": list(r.match),
+                        "exclude": list(r.exclude),
+                        "scheme": r.scheme,
+                        "options": _jsonable(r.options),
+                    }
+                    for r in rules
+                ],
+                "tensors": {c.name: {"scheme": c.applied, "options": c.options} for c in changes},
+            }
+            written, fmt, more_warnings = output_io.write_checkpoint(
+                ckpt,
+                pending,
+                out=out,
+                backup=backup,
+                force=force,
+                provenance=json.dumps(record, separators=(",", ":"), sort_keys=True) if provenance else None,
+                load_options=load_options or LoadOptions(),
+                progress=advance,
+            )
+            # all about what the output does not keep: ties become copies, non-tensor content or
+            # metadata dropped, other hard links keep the old content, an owner or group not kept
+            warnings.extend(ReinitWarning(w, lost_content=True) for w in more_warnings)
+            target = os.fspath(out) if out is not None else ckpt.path
+            return ReinitResult(ckpt.path, target, fmt, seed, seed_drawn, changes, warnings, written, False)
 
 
 class _And:

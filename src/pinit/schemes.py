@@ -15,6 +15,10 @@ from pinit.errors import PinitError
 
 REQUIRED = object()
 
+# torch draws in float32 (float64 for float64 tensors): every number must fit float32, whose
+# bounds torch's uniform_ and fill_ check; it also keeps a kaiming slope's square finite
+FLOAT32_MAX = 3.4028234663852886e38
+
 NONLINEARITIES = (
     "linear",
     "conv1d",
@@ -160,7 +164,7 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def parse_gain(value: Any) -> float:
+def parse_gain(value: Any, ctx: str = "") -> float:
     """A number, or a nonlinearity name (``relu``, ``leaky_relu:0.2``) meaning calculate_gain(name)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -169,8 +173,15 @@ def parse_gain(value: Any) -> float:
         return float(text)
     except ValueError:
         pass
-    name, _, param = text.partition(":")
-    return calculate_gain(name, float(param) if param else None)
+    name, colon, param = text.partition(":")
+    slope = None
+    if colon:
+        if name != "leaky_relu":
+            raise PinitError(f"--gain {text!r}: only leaky_relu takes a parameter (leaky_relu:SLOPE){ctx}")
+        slope = float(param)  # ValueError: the caller names the invalid value
+        if not math.isfinite(slope) or abs(slope) > FLOAT32_MAX:  # torch squares it: a finite float
+            raise PinitError(f"--gain {text!r}: the slope must be a finite number within ±3.4e38{ctx}")
+    return calculate_gain(name, slope)
 
 
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
@@ -210,6 +221,7 @@ def resolve_options(scheme: str, given: dict[str, Any], where: str = "") -> dict
             raise PinitError(f"scheme '{scheme}' needs --{opt.name}{ctx}")
         else:
             out[OPTION_ARG[opt.name]] = opt.default
+    _check_bounds(scheme, out, ctx)
     return out
 
 
@@ -220,18 +232,34 @@ def _convert(opt: Option, value: Any, scheme: str, ctx: str) -> Any:
                 raise ValueError
             v = float(value)
             if not math.isfinite(v):
-                raise ValueError
+                raise PinitError(f"--{opt.name} must be a finite number, not {value}{ctx}")
+            if abs(v) > FLOAT32_MAX:
+                raise PinitError(f"--{opt.name} must be within float32's range (±3.4e38), not {value}{ctx}")
             if opt.name == "sparsity" and not 0.0 <= v <= 1.0:
                 raise PinitError(f"--sparsity must be between 0 and 1, not {value}{ctx}")
             if opt.name == "std" and v < 0:
                 raise PinitError(f"--std must not be negative, not {value}{ctx}")
             return v
         if opt.kind == "int":
-            if isinstance(value, bool) or float(value) != int(float(value)) or int(float(value)) < 1:
+            if isinstance(value, bool):
                 raise ValueError
-            return int(float(value))
+            if isinstance(value, int):
+                n = value
+            else:
+                f = float(value)
+                if not f.is_integer():
+                    raise ValueError
+                n = int(f)
+            if n < 1:
+                raise PinitError(f"--{opt.name} must be at least 1, not {value}{ctx}")
+            return n
         if opt.kind == "gain":
-            return parse_gain(value)
+            g = parse_gain(value, ctx)
+            if not math.isfinite(g):
+                raise PinitError(f"--gain must be a finite number, not {value}{ctx}")
+            if abs(g) > FLOAT32_MAX:
+                raise PinitError(f"--gain must be within float32's range (±3.4e38), not {value}{ctx}")
+            return g
         if opt.kind == "mode":
             if value not in ("fan_in", "fan_out"):
                 raise PinitError(f"--mode must be fan_in or fan_out, not '{value}'{ctx}")
@@ -240,9 +268,33 @@ def _convert(opt: Option, value: Any, scheme: str, ctx: str) -> Any:
             if value not in NONLINEARITIES:
                 raise PinitError(f"--nonlinearity must be one of {', '.join(NONLINEARITIES)}, not '{value}'{ctx}")
             return value
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         pass
     raise PinitError(f"invalid value {value!r} for --{opt.name} of scheme '{scheme}'{ctx}")
+
+
+def _check_bounds(scheme: str, kw: dict[str, Any], ctx: str) -> None:
+    """torch's own preconditions on the options together, checked before any file is opened, so
+    that a bad value is a usage error naming it rather than an error from inside torch."""
+    if scheme == "uniform":
+        a, b = kw["a"], kw["b"]
+        if a > b:
+            raise PinitError(f"--a must not be greater than --b (uniform draws from [a, b)), got a={a:g}, b={b:g}{ctx}")
+        if b - a > FLOAT32_MAX:
+            raise PinitError(f"--b minus --a must be within float32's range (3.4e38), got a={a:g}, b={b:g}{ctx}")
+    elif scheme == "trunc_normal":
+        if kw["std"] <= 0:
+            raise PinitError(f"--std of trunc_normal must be positive, not {kw['std']:g}{ctx}")
+        if kw["a"] > kw["b"]:
+            raise PinitError(
+                f"--a must not be greater than --b (trunc_normal cuts to [a, b]), got a={kw['a']:g}, b={kw['b']:g}{ctx}"
+            )
+    elif scheme in ("xavier_uniform", "xavier_normal"):
+        g = kw["gain"]
+        if g < 0:
+            raise PinitError(f"--gain of {scheme} must not be negative, not {g:g}{ctx}")
+        if scheme == "xavier_uniform" and g > FLOAT32_MAX / 4:  # its bounds ±gain·√3 must fit float32
+            raise PinitError(f"--gain of xavier_uniform must be at most 8.5e37, not {g:g}{ctx}")
 
 
 def schemes_json() -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ class CheckFormat(str, Enum):
     json = "json"
     github = "github"
     junit = "junit"
+    sarif = "sarif"
 
 
 class FailOn(str, Enum):
@@ -31,28 +32,31 @@ class FailOn(str, Enum):
 
 def check(
     paths: Annotated[
-        list[str], typer.Argument(help="Checkpoint files, folders (searched) or globs.", show_default=False)
+        list[str],
+        typer.Argument(metavar="PATH", help="Checkpoint files, folders (searched) or globs.", show_default=False),
     ],
     fail_on: Annotated[
         FailOn | None,
-        typer.Option("--fail-on", help="Fail on findings of this severity or worse. [default: error]"),
+        typer.Option("--fail-on", help="Fail on findings of this severity or worse.", show_default="error"),
     ] = None,
     rule: Annotated[
         list[str] | None,
         typer.Option("--rule", metavar="CODE=off|warning|error", help="Change a flag's severity; repeatable."),
     ] = None,
     max_abs: Annotated[
-        float | None, typer.Option("--max-abs", help="Threshold of the 'huge' flag. [default: 1e6]", min=0.0)
+        float | None,
+        typer.Option("--max-abs", metavar="FLOAT", help="Threshold of the 'huge' flag.", show_default="1e6", min=0.0),
     ] = None,
     exclude: opt.Exclude = None,
     reference: Annotated[
         str | None,
-        typer.Option("--reference", help="Also compare names, shapes and dtypes with this checkpoint."),
+        typer.Option("--reference", metavar="PATH", help="Also compare names, shapes and dtypes with this checkpoint."),
     ] = None,
     fmt: Annotated[CheckFormat, typer.Option("--format", "-f", help="Output format.")] = CheckFormat.text,
     unsafe_pickle: opt.UnsafePickle = False,
     allow_global: opt.AllowGlobal = None,
     quiet: opt.Quiet = False,
+    no_warnings: opt.NoWarnings = False,
     debug: opt.Debug = False,
 ) -> None:
     """Fail (exit 1) when checkpoints hold NaN/Inf, subnormals, huge values, or (with --fail-on warning)
@@ -67,16 +71,28 @@ def check(
         exclude=exclude or [],
         reference=reference,
     )
-    report = run_check(paths, settings, load_options(allow_global, unsafe_pickle))
+    report = run_check(
+        paths,
+        settings,
+        load_options(allow_global, unsafe_pickle),
+        progress=lambda total: out.progress_bar(total, "checking", quiet),
+    )
     if fmt is CheckFormat.json:
         out.print_json(report.as_json())
     elif fmt is CheckFormat.github:
         _github(report)
     elif fmt is CheckFormat.junit:
         _junit(report)
+    elif fmt is CheckFormat.sarif:
+        _sarif(report)
     else:
         _text(report, quiet)
     raise typer.Exit(report.exit_code)
+
+
+def _sarif(report: CheckReport) -> None:
+    """SARIF 2.1.0 (GitHub code scanning): one JSON document, built by ``CheckReport.as_sarif``."""
+    out.print_json(report.as_sarif())
 
 
 def _text(report: CheckReport, quiet: bool) -> None:
@@ -95,13 +111,20 @@ def _text(report: CheckReport, quiet: bool) -> None:
             )
     if rows:
         out.render_table(
-            [("file", "left"), ("tensor", "left"), ("severity", "left"), ("code", "left"), ("message", "left")], rows
+            [  # on a narrow terminal the file goes first, then the message (wrapped between words)
+                out.Col("file", "name", 2),
+                out.Col("tensor", "name", 0),
+                out.Col("severity", "text", 0),
+                out.Col("code", "text", 0),
+                out.Col("message", "prose", 1),
+            ],
+            rows,
         )
     s = report.summary()
     verdict = "FAIL" if report.failed else "ok"
     print(
-        f"{verdict}: {s['files']} files checked, {s['failed_files']} failed "
-        f"({s['errors']} errors, {s['warnings']} warnings; failing on {s['fail_on']})"
+        f"{verdict}: {out.plural(s['files'], 'file')} checked, {s['failed_files']} failed "
+        f"({out.plural(s['errors'], 'error')}, {out.plural(s['warnings'], 'warning')}; failing on {s['fail_on']})"
     )
 
 
@@ -127,7 +150,8 @@ def _github(report: CheckReport) -> None:
             )
     s = report.summary()
     sys.stdout.write(
-        f"pinit check: {s['files']} files, {s['failed_files']} failed, {s['errors']} errors, {s['warnings']} warnings\n"
+        f"pinit check: {out.plural(s['files'], 'file')}, {s['failed_files']} failed, "
+        f"{out.plural(s['errors'], 'error')}, {out.plural(s['warnings'], 'warning')}\n"
     )
 
 

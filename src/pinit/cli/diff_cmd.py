@@ -11,30 +11,39 @@ from pinit.cli import output as out
 from pinit.cli.common import load_options, open_path
 
 if TYPE_CHECKING:
-    from pinit.diff import DiffReport
+    from pinit.diff import DiffReport, TensorDiff
 
 
 def diff(
     a: Annotated[
-        str, typer.Argument(help="First checkpoint (the reference for relative differences).", show_default=False)
+        str,
+        typer.Argument(
+            metavar="A", help="First checkpoint (the reference for relative differences).", show_default=False
+        ),
     ],
-    b: Annotated[str, typer.Argument(help="Second checkpoint.", show_default=False)],
-    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance.", min=0.0)] = 0.0,
+    b: Annotated[str, typer.Argument(metavar="B", help="Second checkpoint.", show_default=False)],
+    atol: Annotated[float, typer.Option("--atol", metavar="FLOAT", help="Absolute tolerance.", min=0.0)] = 0.0,
     rtol: Annotated[
-        float, typer.Option("--rtol", help="Relative tolerance (|a-b| <= atol + rtol·|b|).", min=0.0)
+        float, typer.Option("--rtol", metavar="FLOAT", help="Relative tolerance (|a-b| <= atol + rtol·|b|).", min=0.0)
     ] = 0.0,
     match: opt.Match = None,
     fmt: Annotated[opt.JsonOrTable, typer.Option("--format", "-f", help="Output format.")] = opt.JsonOrTable.table,
     unsafe_pickle: opt.UnsafePickle = False,
     allow_global: opt.AllowGlobal = None,
+    quiet: opt.Quiet = False,
+    no_warnings: opt.NoWarnings = False,
     debug: opt.Debug = False,
 ) -> None:
     """Compare two checkpoints tensor by tensor (names, shapes, dtypes, values); .pt and .safetensors compare fine."""
     from pinit.diff import diff_checkpoints
+    from pinit.selection import Selector
 
     options = load_options(allow_global, unsafe_pickle)
     with open_path(a, options) as ca, open_path(b, options) as cb:
-        report = diff_checkpoints(ca, cb, atol=atol, rtol=rtol, match=match or ())
+        selector, in_b = Selector(match or (), ()), {e.name for e in cb.tensors}
+        work = sum(e.nbytes for e in ca.tensors if e.name in in_b and selector(e.name))
+        with out.progress_bar(work, "comparing", quiet) as progress:
+            report = diff_checkpoints(ca, cb, atol=atol, rtol=rtol, match=match or (), progress=progress)
     if fmt is opt.JsonOrTable.json:
         out.print_json(report.as_json())
     else:
@@ -49,6 +58,19 @@ def _desc(dtype: str | None, shape: tuple[int, ...] | None) -> str:
     return f"{dtype}{out.fmt_shape(shape)}"
 
 
+def _notes(t: TensorDiff) -> list[str]:
+    """Lines under the table for NaN/Inf positions that differ (a NaN against a number leaves
+    the max abs diff at 0, which is over finite positions, yet the tensor is "changed")."""
+    name = out.safe_text(t.name)
+    lines = []
+    for n, side, other in ((t.nan_only_in_a, "A", "B"), (t.nan_only_in_b, "B", "A")):
+        if n:
+            lines.append(f"{name}: NaN in {side} at {out.plural(n, 'position')} where {other} has a number")
+    if t.inf_mismatch:
+        lines.append(f"{name}: ±Inf at {out.plural(t.inf_mismatch, 'position')} where the other side differs")
+    return lines
+
+
 def _table(report: DiffReport) -> None:
     style = {
         "changed": "bold red",
@@ -59,9 +81,11 @@ def _table(report: DiffReport) -> None:
         "within_tolerance": "cyan",
     }
     rows: list[list[out.Cell]] = []
+    notes: list[str] = []
     for t in report.tensors:
         if t.status == "identical":
             continue
+        notes += _notes(t)
         if t.shape_a != t.shape_b or t.dtype_a != t.dtype_b:
             what = f"{_desc(t.dtype_a, t.shape_a)} → {_desc(t.dtype_b, t.shape_b)}"
         else:
@@ -78,17 +102,19 @@ def _table(report: DiffReport) -> None:
         )
     if rows:
         out.render_table(
-            [
-                ("name", "left"),
-                ("status", "left"),
-                ("tensor", "left"),
-                ("max abs diff", "right"),
-                ("rel L2 diff", "right"),
-                ("mismatched", "right"),
+            [  # on a narrow terminal mismatched goes first, then rel L2 diff, then tensor
+                out.Col("name", "name", 0),
+                out.Col("status", "text", 0),
+                out.Col("tensor", "text", 2),
+                out.Col("max abs diff", "number", 1),
+                out.Col("rel L2 diff", "number", 3),
+                out.Col("mismatched", "number", 4),
             ],
             rows,
             title=f"{report.a} ↔ {report.b}",
         )
+    for note in notes:  # why a row differs, where its numbers do not say
+        print(out.safe_line(note))
     s = report.summary()
     parts = [
         f"{s[k]} {k.replace('_', ' ')}"
@@ -103,6 +129,15 @@ def _table(report: DiffReport) -> None:
         )
         if s[k]
     ]
+    upcast = [t.values for t in report.tensors if t.status == "dtype_changed" and t.values is not None]
+    if upcast:  # the dtype changes whose values were compared (upcast to float64)
+        kinds = ", ".join(
+            f"{upcast.count(v)} {v.replace('_', ' ')}"
+            for v in ("identical", "within_tolerance", "changed")
+            if v in upcast
+        )
+        i = next(i for i, p in enumerate(parts) if p.endswith("dtype changed"))
+        parts[i] += f" (values: {kinds})"
     for side, groups in (("A", report.ties_only_in_a), ("B", report.ties_only_in_b)):
         for g in groups:  # the values may be equal, but one side's copies no longer change together
             print(out.safe_line(f"shared storage only in {side}: {' = '.join(g)}"))

@@ -69,6 +69,8 @@ class PinitGroup(typer.core.TyperGroup):
         from pinit.errors import PinitError
 
         argv = list(sys.argv[1:] if args is None else args)
+        if not argv and not os.environ.get(complete_var or "_PINIT_COMPLETE"):
+            argv = ["--help"]  # bare `pinit`: the help on stdout, exit 0 (not a usage error)
         code: int
         try:
             rv = super().main(argv, prog_name or "pinit", complete_var, standalone_mode=False, **extra)

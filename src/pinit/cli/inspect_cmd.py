@@ -9,10 +9,12 @@ import typer
 from pinit.cli import options as opt
 from pinit.cli import output as out
 from pinit.cli.common import load_options, open_path
-from pinit.cli.errors import warn
+from pinit.cli.errors import die, warn
+from pinit.cli.meta_view import meta_lines
 
 if TYPE_CHECKING:
     from pinit.inspect import Report, TensorReport
+    from pinit.meta import Meta
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
 
@@ -29,6 +31,10 @@ def inspect(
         int, typer.Option("--values", metavar="N", help="Show the first N values of each tensor.", min=0)
     ] = 0,
     hist: Annotated[bool, typer.Option("--hist", help="A small histogram of each floating tensor.")] = False,
+    meta: Annotated[
+        bool,
+        typer.Option("--meta", help="Also show the non-tensor content (epoch, step, hyper-parameters, metadata)."),
+    ] = False,
     sort: Annotated[
         opt.SortKey, typer.Option("--sort", help="Row order: file order, name, or size (largest first).")
     ] = opt.SortKey.order,
@@ -37,6 +43,7 @@ def inspect(
     unsafe_pickle: opt.UnsafePickle = False,
     allow_global: opt.AllowGlobal = None,
     quiet: opt.Quiet = False,
+    no_warnings: opt.NoWarnings = False,
     debug: opt.Debug = False,
 ) -> None:
     """List every tensor of a checkpoint: shape, dtype, requires_grad, statistics and flags.
@@ -44,9 +51,12 @@ def inspect(
     Exit 0 whatever the flags: inspect informs, 'pinit check' gates.
     """
     from pinit.inspect import inspect_checkpoint
+    from pinit.meta import checkpoint_meta
     from pinit.selection import Selector
 
     selector = Selector(match or (), exclude or ())
+    if meta and fmt is opt.InspectFormat.csv:
+        die("--meta goes with --format table, markdown or json, not csv")
     with open_path(path, load_options(allow_global, unsafe_pickle)) as ckpt:
         chosen = [e for e in ckpt.tensors if selector(e.name)]
         total = sum(e.nbytes for e in chosen)
@@ -63,15 +73,22 @@ def inspect(
                 sort=sort.value,
                 progress=progress,
             )
+        meta_doc = checkpoint_meta(ckpt) if meta else None
     problem = ckpt.coverage.problem() if ckpt.coverage is not None else None
-    if problem is not None:  # never shown as healthy: said on stderr, and in the JSON summary's coverage
+    # never shown as healthy: said on stderr (even with --quiet), in the summary lines and JSON coverage
+    if problem is not None and opt.warning_filter(quiet, no_warnings)(True):
         warn(f"{ckpt.path}: {problem}")
-    render(report, fmt, with_stats=not no_stats, values=values > 0, hist=hist)
+    render(report, fmt, with_stats=not no_stats, values=values > 0, hist=hist, meta=meta_doc)
 
 
-def render(report: Report, fmt: opt.InspectFormat, *, with_stats: bool, values: bool, hist: bool) -> None:
+def render(
+    report: Report, fmt: opt.InspectFormat, *, with_stats: bool, values: bool, hist: bool, meta: Meta | None = None
+) -> None:
     if fmt is opt.InspectFormat.json:
-        out.print_json(report.as_json())
+        doc = report.as_json()
+        if meta is not None:
+            doc["meta"] = meta.as_json()
+        out.print_json(doc)
     elif fmt is opt.InspectFormat.csv:
         _render_csv(report)
     else:
@@ -79,35 +96,48 @@ def render(report: Report, fmt: opt.InspectFormat, *, with_stats: bool, values: 
         if fmt is opt.InspectFormat.markdown:
             out.render_markdown(columns, rows)
             print()
-            for line in _summary_lines(report):
+            for line in _summary_lines(report, with_stats):
                 print(f"- {out.safe_line(line)}")
+            if meta is not None:
+                print("\n```\n" + "\n".join(meta_lines(meta)) + "\n```")
         else:
             out.render_table(columns, rows, title=f"{report.path} ({report.format})")
-            for line in _summary_lines(report):
+            for line in _summary_lines(report, with_stats):
                 print(out.safe_line(line))
+            if meta is not None:
+                print("\n".join(meta_lines(meta)))
 
 
 def _flag_cells(t: TensorReport) -> out.Cell:
     if not t.flags:
         return ("", None)
     worst = "error" if any(f.severity == "error" for f in t.flags) else "warning"
-    return (",".join(f.code for f in t.flags), SEVERITY_STYLE[worst])
+    return (", ".join(f.code for f in t.flags), SEVERITY_STYLE[worst])  # a narrow table wraps between codes
 
 
 def _table(report: Report, with_stats: bool, values: bool, hist: bool) -> tuple[list[out.Column], list[list[out.Cell]]]:
+    # on a narrow terminal: name, shape, dtype, flags, std, mean first (and what was asked
+    # for: hist, values); min, max, params, requires_grad are hidden first, the last first
+    Col = out.Col
     columns: list[out.Column] = [
-        ("name", "left"),
-        ("shape", "left"),
-        ("dtype", "left"),
-        ("params", "right"),
-        ("requires_grad", "left"),
+        Col("name", "name", 0),
+        Col("shape", "text", 1),
+        Col("dtype", "text", 2),
+        Col("params", "number", 9),
+        Col("requires_grad", "text", 10),
     ]
     if with_stats:
-        columns += [("mean", "right"), ("std", "right"), ("min", "right"), ("max", "right"), ("flags", "left")]
+        columns += [
+            Col("mean", "number", 5),
+            Col("std", "number", 4),
+            Col("min", "number", 7),
+            Col("max", "number", 8),
+            Col("flags", "prose", 3, min_width=0),  # wrapped between codes, never inside one
+        ]
     if hist:
-        columns.append(("hist", "left"))
+        columns.append(Col("hist", "text", 6))
     if values:
-        columns.append(("values", "left"))
+        columns.append(Col("values", "prose", 6))
     rows = []
     for t in report.tensors:
         e = t.entry
@@ -142,17 +172,22 @@ def _table(report: Report, with_stats: bool, values: bool, hist: bool) -> tuple[
     return columns, rows
 
 
-def _summary_lines(report: Report) -> list[str]:
+def _summary_lines(report: Report, with_stats: bool = True) -> list[str]:
     s = report.summary()
     dtypes = ", ".join(f"{k}: {out.fmt_int(v)}" for k, v in s["by_dtype"].items())
     lines = [
-        f"{s['tensors']} tensors, {out.fmt_int(s['parameters'])} parameters, {out.fmt_bytes(s['bytes'])}"
-        + (f" ({dtypes})" if dtypes else ""),
-        f"flags: {s['errors']} errors, {s['warnings']} warnings",
+        f"{out.plural(s['tensors'], 'tensor')}, {out.plural(s['parameters'], 'parameter')}, "
+        f"{out.fmt_bytes(s['bytes'])}" + (f" ({dtypes})" if dtypes else ""),
+        f"flags: {out.plural(s['errors'], 'error')}, {out.plural(s['warnings'], 'warning')}"
+        if with_stats
+        else "flags: not computed (--no-stats)",
     ]
     cov = s["coverage"]
     if cov["tensors_read"] != cov["tensors_found"] or not cov["tensors_found"]:
-        lines.append(f"coverage: {cov['tensors_read']} of {cov['tensors_found']} tensors found were read")
+        found = out.plural(cov["tensors_found"], "tensor")
+        lines.append(
+            f"coverage: {cov['tensors_read']} of {found} found {'was' if cov['tensors_read'] == 1 else 'were'} read"
+        )
         lines += [f"not read: {u}" for u in cov["uninterpreted"]]
     by_name = {t.name: t for t in report.tensors}
     for group in s["tied"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from typing import Annotated
 
@@ -12,16 +13,20 @@ Match = Annotated[
     typer.Option(
         "--match",
         "-m",
+        metavar="RE",
         help="Select tensors whose name matches this regular expression (re.search); repeatable, a union.",
     ),
 ]
 Exclude = Annotated[
     list[str] | None,
-    typer.Option("--exclude", "-x", help="Drop tensors whose name matches this regular expression; repeatable."),
+    typer.Option(
+        "--exclude", "-x", metavar="RE", help="Drop tensors whose name matches this regular expression; repeatable."
+    ),
 ]
 Flagged = Annotated[bool, typer.Option("--flagged", help="Only tensors with at least one error flag.")]
 MaxAbs = Annotated[
-    float, typer.Option("--max-abs", help="Finite values with |x| above this are flagged 'huge'.", min=0.0)
+    float,
+    typer.Option("--max-abs", metavar="FLOAT", help="Finite values with |x| above this are flagged 'huge'.", min=0.0),
 ]
 UnsafePickle = Annotated[
     bool,
@@ -38,7 +43,18 @@ AllowGlobal = Annotated[
         help="Admit one more pickle global (e.g. omegaconf.DictConfig) as plain data; repeatable.",
     ),
 ]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no warnings.")]
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="No progress bar and no ordinary warnings; warnings about lost or unread content stay.",
+    ),
+]
+NoWarnings = Annotated[
+    bool,
+    typer.Option("--no-warnings", help="No warnings at all, not even about lost or unread content."),
+]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
 
 
@@ -62,5 +78,22 @@ class JsonOrTable(str, Enum):
 
 Seed = Annotated[
     int | None,
-    typer.Option("--seed", help="Seed of the per-tensor generators (drawn, printed and recorded when omitted).", min=0),
+    typer.Option(
+        "--seed",
+        metavar="N",
+        help="Seed of the per-tensor generators (drawn, printed and recorded when omitted and a "
+        "selected scheme is random).",
+        min=0,
+    ),
 ]
+
+
+def warning_filter(quiet: bool, no_warnings: bool) -> Callable[[bool], bool]:
+    """Whether a warning is shown, given whether it is about lost content (dropped non-tensor
+    content, ties becoming copies, what was not read, other hard links keeping the old data):
+    ``--quiet`` hides only the others, ``--no-warnings`` hides every one."""
+
+    def shown(lost_content: bool) -> bool:
+        return not no_warnings and (lost_content or not quiet)
+
+    return shown

@@ -24,54 +24,82 @@ def reinit(
     exclude: opt.Exclude = None,
     flagged: opt.Flagged = False,
     scheme: Annotated[
-        str | None, typer.Option("--scheme", "-s", help="Scheme name (see 'pinit schemes'), e.g. kaiming_normal.")
+        str | None,
+        typer.Option("--scheme", "-s", metavar="NAME", help="Scheme name (see 'pinit schemes'), e.g. kaiming_normal."),
     ] = None,
     plan: Annotated[
-        str | None, typer.Option("--plan", help="TOML file of [[rule]] tables (match, scheme, options).")
+        str | None,
+        typer.Option("--plan", metavar="FILE", help="TOML file of [[rule]] tables (match, scheme, options)."),
     ] = None,
     a: Annotated[
         float | None,
-        typer.Option("--a", help="uniform/trunc_normal lower bound; kaiming slope.", rich_help_panel=_SCHEME_PANEL),
+        typer.Option(
+            "--a",
+            metavar="FLOAT",
+            help="uniform/trunc_normal lower bound; kaiming slope.",
+            rich_help_panel=_SCHEME_PANEL,
+        ),
     ] = None,
     b: Annotated[
-        float | None, typer.Option("--b", help="uniform/trunc_normal upper bound.", rich_help_panel=_SCHEME_PANEL)
+        float | None,
+        typer.Option("--b", metavar="FLOAT", help="uniform/trunc_normal upper bound.", rich_help_panel=_SCHEME_PANEL),
     ] = None,
     mean: Annotated[
-        float | None, typer.Option("--mean", help="normal/trunc_normal mean.", rich_help_panel=_SCHEME_PANEL)
+        float | None,
+        typer.Option("--mean", metavar="FLOAT", help="normal/trunc_normal mean.", rich_help_panel=_SCHEME_PANEL),
     ] = None,
     std: Annotated[
         float | None,
-        typer.Option("--std", help="normal/trunc_normal/sparse standard deviation.", rich_help_panel=_SCHEME_PANEL),
+        typer.Option(
+            "--std",
+            metavar="FLOAT",
+            help="normal/trunc_normal/sparse standard deviation.",
+            rich_help_panel=_SCHEME_PANEL,
+        ),
     ] = None,
     value: Annotated[
-        float | None, typer.Option("--value", help="constant value.", rich_help_panel=_SCHEME_PANEL)
+        float | None, typer.Option("--value", metavar="FLOAT", help="constant value.", rich_help_panel=_SCHEME_PANEL)
     ] = None,
     gain: Annotated[
         str | None,
         typer.Option(
             "--gain",
+            metavar="FLOAT|NAME",
             help="A number, or a nonlinearity name meaning calculate_gain(name).",
             rich_help_panel=_SCHEME_PANEL,
         ),
     ] = None,
     mode: Annotated[
-        str | None, typer.Option("--mode", help="kaiming: fan_in or fan_out.", rich_help_panel=_SCHEME_PANEL)
+        str | None,
+        typer.Option(
+            "--mode", metavar="fan_in|fan_out", help="kaiming: fan_in or fan_out.", rich_help_panel=_SCHEME_PANEL
+        ),
     ] = None,
     nonlinearity: Annotated[
         str | None,
-        typer.Option("--nonlinearity", help="kaiming: relu, leaky_relu, tanh, ...", rich_help_panel=_SCHEME_PANEL),
+        typer.Option(
+            "--nonlinearity", metavar="NAME", help="kaiming: relu, leaky_relu, tanh, ...", rich_help_panel=_SCHEME_PANEL
+        ),
     ] = None,
     sparsity: Annotated[
         float | None,
-        typer.Option("--sparsity", help="sparse: fraction of zeros per column.", rich_help_panel=_SCHEME_PANEL),
+        typer.Option(
+            "--sparsity", metavar="FLOAT", help="sparse: fraction of zeros per column.", rich_help_panel=_SCHEME_PANEL
+        ),
     ] = None,
     groups: Annotated[
-        int | None, typer.Option("--groups", help="dirac: number of groups.", rich_help_panel=_SCHEME_PANEL)
+        int | None,
+        typer.Option("--groups", metavar="N", help="dirac: number of groups.", rich_help_panel=_SCHEME_PANEL),
     ] = None,
     seed: opt.Seed = None,
     out_path: Annotated[
         str | None,
-        typer.Option("--out", "-o", help="Write here instead of in place; .safetensors → safetensors, else torch zip."),
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="PATH",
+            help="Write here instead of in place; .safetensors → safetensors, else torch zip.",
+        ),
     ] = None,
     backup: Annotated[bool, typer.Option("--backup", help="Keep the file being replaced as PATH.bak.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rewrite a read-only file in place.")] = False,
@@ -94,6 +122,7 @@ def reinit(
     unsafe_pickle: opt.UnsafePickle = False,
     allow_global: opt.AllowGlobal = None,
     quiet: opt.Quiet = False,
+    no_warnings: opt.NoWarnings = False,
     debug: opt.Debug = False,
 ) -> None:
     """Re-initialize the selected tensors with one torch.nn.init scheme and save (in place by default)."""
@@ -124,10 +153,12 @@ def reinit(
         provenance=not no_provenance,
         max_abs=max_abs,
         load_options=load_options(allow_global, unsafe_pickle),
+        progress=lambda total: out.progress_bar(total, "re-initializing", quiet),
     )
-    if not quiet:
-        for w in result.warnings:
-            warn(w)
+    shown = opt.warning_filter(quiet, no_warnings)
+    for w in result.warnings:
+        if shown(w.lost_content):
+            warn(w.text)
     if result.seed_drawn:
         print(f"seed: {result.seed} (drawn; rerun with --seed {result.seed} to reproduce)", file=sys.stderr)
     if fmt is opt.JsonOrTable.json:
@@ -137,15 +168,18 @@ def reinit(
 
 
 def _render(result: ReinitResult) -> None:
-    columns: list[out.Column] = [("name", "left"), ("scheme", "left"), ("options", "left")]
+    # on a narrow terminal: name, scheme, after std, before std first; then after max, after min,
+    # options, before mean, after mean are hidden, the last first (while names keep NAME_WANT)
+    Col = out.Col
+    columns: list[out.Column] = [Col("name", "name", 0), Col("scheme", "text", 1), Col("options", "prose", 8)]
     if result.dry_run:
         columns += [
-            ("before mean", "right"),
-            ("before std", "right"),
-            ("after mean", "right"),
-            ("after std", "right"),
-            ("after min", "right"),
-            ("after max", "right"),
+            Col("before mean", "number", 7),
+            Col("before std", "number", 3),
+            Col("after mean", "number", 6),
+            Col("after std", "number", 2),
+            Col("after min", "number", 9),
+            Col("after max", "number", 10),
         ]
     rows = []
     for c in result.changes:
@@ -163,10 +197,12 @@ def _render(result: ReinitResult) -> None:
                 (out.fmt_num(af.max if af else None), None),
             ]
         rows.append(row)
-    title = f"{result.path}: {'dry run, nothing written' if result.dry_run else 're-initialized'} (seed {result.seed})"
+    seed = f" (seed {result.seed})" if result.seed is not None else ""
+    title = f"{result.path}: {'dry run, nothing written' if result.dry_run else 're-initialized'}{seed}"
     out.render_table(columns, rows, title=title)
     if result.dry_run:
-        print(f"{len(result.changes)} tensors would change; nothing was written")
+        print(f"{out.plural(len(result.changes), 'tensor')} would change; nothing was written")
     else:
         written = ", ".join(result.files_written)
-        print(out.safe_line(f"{len(result.changes)} tensors re-initialized; wrote {written} ({result.format})"))
+        n = out.plural(len(result.changes), "tensor")
+        print(out.safe_line(f"{n} re-initialized; wrote {written} ({result.format})"))

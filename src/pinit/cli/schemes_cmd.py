@@ -7,11 +7,12 @@ from typing import Annotated
 import typer
 
 from pinit.cli import output as out
-from pinit.cli.options import JsonOrTable
+from pinit.cli.options import JsonOrTable, Quiet
 
 
 def schemes(
     fmt: Annotated[JsonOrTable, typer.Option("--format", "-f", help="Output format.")] = JsonOrTable.table,
+    quiet: Quiet = False,  # accepted as by every command; schemes has no progress bar or warnings
 ) -> None:
     """List every initialization scheme with its options, defaults, accepted shapes and the 'default' rules."""
     from pinit.schemes import DEFAULT_RULES, SCHEMES, schemes_json
