@@ -146,9 +146,10 @@ def test_missing_argument_names_it_in_capitals() -> None:
 
 
 def test_show_completion_bash() -> None:
-    # run from bash: Typer detects the shell from the parent process
+    # run from bash: Typer detects the shell from the parent process ("; exit $?" keeps bash from
+    # exec-ing python in its place, which would leave whatever ran pytest as the parent)
     p = subprocess.run(
-        ["bash", "-c", f"'{sys.executable}' -m pinit --show-completion"],
+        ["bash", "-c", f"'{sys.executable}' -m pinit --show-completion; exit $?"],
         capture_output=True,
         text=True,
         timeout=60,
