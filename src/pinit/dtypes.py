@@ -166,3 +166,13 @@ def decode_float(raw: np.ndarray, name: str, out: np.ndarray | None = None) -> n
     else:
         np.take(fp8_table(name), raw, out=dest)
     return dest
+
+
+def human_bytes(n: int) -> str:
+    """``532 B``, ``15.9 KB``, ``2.1 GB`` (powers of 1000), for people reading a summary."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"

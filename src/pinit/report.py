@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pinit.dtypes import human_bytes
 from pinit.errors import PinitError
 from pinit.inspect import Report, TensorReport
 from pinit.meta import Meta, shorten, tree_lines
@@ -93,18 +94,6 @@ def _num(v: float | int | None) -> str:
     if v != v:
         return "nan"
     return f"{v:.4g}"
-
-
-def _bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
-
-
-# --- plots ---------------------------------------------------------------------------------------
 
 
 def _figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
@@ -328,7 +317,7 @@ def _html(
         "<table>",
         f'<tr><th>tensors</th><td class="n">{s["tensors"]:,}</td></tr>',
         f'<tr><th>parameters</th><td class="n">{s["parameters"]:,}</td></tr>',
-        f'<tr><th>bytes</th><td class="n">{_bytes(s["bytes"])}</td></tr>',
+        f'<tr><th>bytes</th><td class="n">{human_bytes(s["bytes"])}</td></tr>',
         f"<tr><th>by dtype</th><td>{dtypes or '—'}</td></tr>",
         f"<tr><th>coverage</th><td>{cov['tensors_read']:,} of {cov['tensors_found']:,} tensors found were read"
         "</td></tr>",

@@ -67,12 +67,9 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 
 def fmt_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
+    from pinit.dtypes import human_bytes
+
+    return human_bytes(n)
 
 
 def fmt_shape(shape: Sequence[int]) -> str:
