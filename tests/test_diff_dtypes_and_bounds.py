@@ -347,6 +347,7 @@ def reinit_args(draw: st.DrawFn) -> tuple[str, str, list[str]]:
     return draw(st.sampled_from(["cnn", "mixed"])), scheme, args
 
 
+@pytest.mark.slow  # hundreds of CLI runs: CI runs it, the fast loop does not
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=reinit_args())
 def test_scheme_options_never_crash(ckpts: dict[str, Path], tmp_path: Path, case: tuple[str, str, list[str]]) -> None:
@@ -458,6 +459,7 @@ toml_values = st.one_of(
 )
 
 
+@pytest.mark.slow  # hundreds of CLI runs: CI runs it, the fast loop does not
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     scheme=st.sampled_from(sorted(SCHEME_OPTIONS)),

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from conftest import assert_one_error_line, run_cli
-from pinit.checkpoint import open_checkpoint
+from pinit.checkpoint import SafetensorsSource, open_checkpoint
 from pinit.errors import PinitError
 from pinit.flatten import flatten, get_path
 
@@ -108,7 +108,7 @@ def test_safetensors_file(tmp_path: Path) -> None:
     # safetensors orders tensors by data offset, which save_file assigns by (dtype, name).
     with open_checkpoint(path) as ckpt:
         order = [e.name for e in ckpt.tensors]
-        assert ckpt.metadata == {"k": "v"}
+        assert ckpt.source.metadata == {"k": "v"}
     assert sorted(order) == sorted(tensors)
     ordered = {n: tensors[n] for n in order}
     check_core(path, ordered, "safetensors")
@@ -238,7 +238,7 @@ def test_legacy_pickle(tmp_path: Path) -> None:
     path = tmp_path / "legacy.pth"
     torch.save(tensors, path, _use_new_zipfile_serialization=False)
     with open_checkpoint(path) as ckpt:
-        assert ckpt.legacy
+        assert ckpt.source.legacy
     check_core(path, tensors, "torch")
     check_cli(path, tensors, "torch")
 
@@ -309,7 +309,7 @@ def check_sharded(path: Path, tensors: dict[str, torch.Tensor], weight_map: dict
     with open_checkpoint(path) as ckpt:
         assert ckpt.format == "sharded"
         assert sorted(e.name for e in ckpt.tensors) == sorted(tensors)
-        assert len(ckpt.shards) == 2
+        assert len(ckpt.source.shards) == 2
         for e in ckpt.tensors:
             assert e.extra["shard"] == weight_map[e.name]
             assert e.read_bytes().tobytes() == raw_bytes(tensors[e.name])
@@ -609,7 +609,7 @@ def test_safetensors_header_length_with_pickle_proto_low_byte(tmp_path):
     assert f.read_bytes()[0] == 0x80
     with open_checkpoint(f) as ckpt:
         assert ckpt.format == "safetensors"
-        assert not ckpt.loaded_by_torch
+        assert isinstance(ckpt.source, SafetensorsSource)
     r = run_cli("inspect", f, "--format", "json", "--values", "4")
     assert r.exit_code == 0, r.stderr
     assert r.json()["tensors"][0]["values"] == [0.0, 1.0, 2.0, 3.0]

@@ -30,7 +30,15 @@ README = ROOT / "README.md"
 # substring of a command line -> why it is not run (none today; keep each reason specific)
 SKIP: dict[str, str] = {}
 
-EXPECTED_EXIT = {"inspect": {0}, "reinit": {0}, "schemes": {0}, "report": {0}, "check": {0, 1}, "diff": {0, 1}}
+EXPECTED_EXIT = {
+    "inspect": {0},
+    "reinit": {0},
+    "init": {0},
+    "schemes": {0},
+    "report": {0},
+    "check": {0, 1},
+    "diff": {0, 1},
+}
 # options whose value is a path the command writes (need not exist beforehand)
 OUTPUT_OPTIONS = {"--out", "-o", "--png"}
 PATH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".toml", ".json", ".jit", ".tar")

@@ -143,6 +143,7 @@ def _chromium(browser: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # a headless browser: CI runs it, the fast loop does not
 @pytest.mark.parametrize("sample", ["uninit_cnn.pt", "lightning.ckpt"])
 def test_report_renders_in_headless_chromium(tmp_path: Path, sample: str) -> None:
     browser = _browser()
@@ -174,6 +175,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path, sample: str) -> Non
     assert not [ln for ln in dom.stderr.splitlines() if ":CONSOLE" in ln]
 
 
+@pytest.mark.slow  # a headless browser: CI runs it, the fast loop does not
 def test_browser_escaping_in_chromium(tmp_path: Path) -> None:
     browser = _browser()
     if browser is None:

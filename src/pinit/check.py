@@ -21,9 +21,8 @@ from pinit.checkpoint import (
     open_checkpoint,
 )
 from pinit.errors import PinitError, UnsafeGlobalError
-from pinit.files import MAX_INDEX_BYTES, read_regular
-from pinit.flags import DEFAULT_MAX_ABS, ERROR, FLAG_CODES, WARNING, checkpoint_flags
-from pinit.inspect import compute_all_stats
+from pinit.files import MAX_INDEX_BYTES, is_url, read_regular
+from pinit.flags import DEFAULT_MAX_ABS, ERROR, FLAG_CODES, WARNING, assess
 from pinit.selection import Selector, compile_patterns
 
 REFERENCE_CODES = {
@@ -31,6 +30,8 @@ REFERENCE_CODES = {
     "unexpected": "a tensor of the file is not in the reference",
     "shape_mismatch": "a tensor's shape differs from the reference",
     "dtype_mismatch": "a tensor's dtype differs from the reference",
+    "prefix_mismatch": "the file's tensor names carry a prefix (module., model., state_dict., ...) that the "
+    "model's names lack: --strip-prefix PREFIX removes it",
 }
 FILE_CODES = {
     "unreadable": "the file cannot be read: corrupt, truncated, an unsafe pickle, missing, or not a checkpoint",
@@ -94,6 +95,8 @@ class CheckSettings:
     max_abs: float = DEFAULT_MAX_ABS
     exclude: list[str] = field(default_factory=list)
     reference: str | None = None
+    model: Checkpoint | None = None  # check --model: the live model (pinit.live), compared like a reference
+    strip_prefix: str | None = None  # check --model --strip-prefix: removed from the file's names first
 
     def severity(self, code: str) -> str:
         return self.rules.get(code, CHECK_CODES[code])
@@ -233,7 +236,9 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
     """Files, folders (searched for checkpoints; a sharded checkpoint counts once) and globs."""
     out: list[str] = []
     for p in paths:
-        if not os.path.exists(p) and glob.has_magic(p):
+        if is_url(p):  # a remote file, index or folder: one checkpoint (pinit.remote)
+            out.append(p)
+        elif not os.path.exists(p) and glob.has_magic(p):
             matches = sorted(glob.glob(p, recursive=True))
             if not matches:
                 raise PinitError(f"no file matches '{p}'")
@@ -252,6 +257,9 @@ def _expand_one(p: str) -> list[str]:
     for root, dirs, files in os.walk(path):
         dirs.sort()
         dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if ".metadata" in files and any(f.endswith(".distcp") for f in files):
+            found.append(root)  # a torch.distributed.checkpoint folder: one checkpoint
+            continue
         indexes = sorted(f for f in files if f.endswith(INDEX_SUFFIXES))
         shards: set[str] = set()
         for idx in indexes:
@@ -281,11 +289,12 @@ def check_checkpoint(
 ) -> list[Finding]:
     selector = Selector((), settings.exclude)
     entries = [e for e in ckpt.tensors if selector(e.name)]
-    stats = compute_all_stats(entries, settings.max_abs, progress=progress)
-    flags = checkpoint_flags(entries, stats, settings.max_abs, context=ckpt.tensors)
+    flags = assess(entries, settings.max_abs, context=ckpt.tensors, progress=progress).flags
     findings = [Finding(f.code, f.severity, f.message, e.name) for e in entries for f in flags[e.name]]
     if reference is not None:
         findings += compare_reference(entries, [e for e in reference.tensors if selector(e.name)])
+    if settings.model is not None:
+        findings += compare_model(entries, settings.model, settings.strip_prefix, selector)
     problem = ckpt.coverage.problem() if ckpt.coverage is not None else None
     if problem is None and not ckpt.tensors:
         problem = "no tensor found in the file"
@@ -296,23 +305,108 @@ def check_checkpoint(
     return _apply_rules(findings, settings)
 
 
-def compare_reference(entries: Sequence[Any], ref_entries: Sequence[Any]) -> list[Finding]:
+def compare_reference(entries: Sequence[Any], ref_entries: Sequence[Any], what: str = "reference") -> list[Finding]:
     mine = {e.name: e for e in entries}
     ref = {e.name: e for e in ref_entries}
     out = []
     for name, r in ref.items():
         e = mine.get(name)
         if e is None:
-            out.append(Finding("missing", ERROR, f"not in this file; the reference has {r.dtype}{list(r.shape)}", name))
+            out.append(Finding("missing", ERROR, f"not in this file; the {what} has {r.dtype}{list(r.shape)}", name))
             continue
         if tuple(e.shape) != tuple(r.shape):
-            out.append(Finding("shape_mismatch", ERROR, f"shape {list(e.shape)}, reference {list(r.shape)}", name))
+            out.append(Finding("shape_mismatch", ERROR, f"shape {list(e.shape)}, {what} {list(r.shape)}", name))
         if e.dtype != r.dtype:
-            out.append(Finding("dtype_mismatch", ERROR, f"dtype {e.dtype}, reference {r.dtype}", name))
+            out.append(Finding("dtype_mismatch", ERROR, f"dtype {e.dtype}, {what} {r.dtype}", name))
     for name, e in mine.items():
         if name not in ref:
-            out.append(Finding("unexpected", ERROR, f"not in the reference ({e.dtype}{list(e.shape)})", name))
+            out.append(Finding("unexpected", ERROR, f"not in the {what} ({e.dtype}{list(e.shape)})", name))
     return out
+
+
+COMMON_PREFIXES = ("module.", "model.", "state_dict.", "_orig_mod.", "net.", "network.", "base_model.")
+
+
+def detect_prefix(names: Sequence[str], model_names: Sequence[str]) -> tuple[str, int] | None:
+    """The prefix of the file's names whose removal makes the most of them model names (and
+    more than as they are): a known one (``module.`` of DataParallel/DDP, ``model.`` or
+    ``state_dict.`` of Lightning, ``_orig_mod.`` of torch.compile, ...) or any leading run of
+    up to three name components; with the number of names that then match. None: no prefix helps."""
+    wanted = set(model_names)
+    now = sum(n in wanted for n in names)
+    candidates: dict[str, int] = dict.fromkeys(COMMON_PREFIXES, 0)
+    for n in names:
+        parts = n.split(".")
+        for k in range(1, min(3, len(parts) - 1) + 1):
+            p = ".".join(parts[:k]) + "."
+            candidates[p] = candidates.get(p, 0) + 1
+    best: tuple[str, int] | None = None
+    for p, _ in sorted(candidates.items(), key=lambda kv: -kv[1])[:64]:
+        hits = sum(n[len(p) :] in wanted for n in names if n.startswith(p))
+        if hits > now and (best is None or hits > best[1]):
+            best = (p, hits)
+    return best
+
+
+def compare_model(entries: Sequence[Any], model: Checkpoint, strip_prefix: str | None, selector: Any) -> list[Finding]:
+    """What ``model.load_state_dict(sd, strict=True)`` would refuse, from names, shapes and dtypes
+    only (the file's tensor data is not read): the codes of --reference, ``missing`` meaning
+    "the model has it, the file does not". ``strip_prefix`` is removed from the file's names that
+    start with it first (as ``torch.nn.modules.utils.consume_prefix_in_state_dict_if_present``).
+    A name the model ties to another (the same parameter twice) is not missing when the file has
+    the other: safetensors' ``save_model`` stores one of them, and ``load_model`` restores both.
+    When some prefix of the file's names would make them fit, one ``prefix_mismatch`` says which."""
+    from pinit.live import state_entries, tied_aliases
+
+    renamed = []
+    for e in entries:
+        if strip_prefix and e.name.startswith(strip_prefix):
+            e = _Renamed(e.name[len(strip_prefix) :], e.dtype, tuple(e.shape))
+        renamed.append(e)
+    have = {e.name for e in renamed}
+    aliases = tied_aliases(model)
+    ref = [
+        r
+        for r in state_entries(model)
+        if selector(r.name) and (r.name in have or not any(a in have for a in aliases.get(r.name, ())))
+    ]
+    out = compare_reference(renamed, ref, "model")
+    found = detect_prefix([e.name for e in renamed], [r.name for r in ref])
+    if found is not None:
+        prefix, hits = found
+        out.insert(
+            0,
+            Finding(
+                "prefix_mismatch",
+                ERROR,
+                f"{hits} of the file's {len(renamed)} tensor names fit the model once the prefix '{prefix}' is "
+                f"removed; rerun with --strip-prefix {prefix} (and strip it when loading: "
+                f"torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(sd, '{prefix}'))",
+            ),
+        )
+    else:  # the other way round: the file holds the state of one of the model's submodules
+        found = detect_prefix([r.name for r in ref], [e.name for e in renamed])
+        if found is not None and found[1] == len(renamed):
+            prefix, hits = found
+            sub = prefix[:-1]
+            out.insert(
+                0,
+                Finding(
+                    "prefix_mismatch",
+                    ERROR,
+                    f"all {hits} of the file's tensor names are the model's names without the prefix '{prefix}': "
+                    f"the file holds the state of the submodule '{sub}' (load it with "
+                    f"model.get_submodule('{sub}').load_state_dict(sd))",
+                ),
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class _Renamed:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
 
 
 def _apply_rules(findings: Sequence[Finding], settings: CheckSettings) -> list[Finding]:
@@ -346,9 +440,11 @@ def run_check(
     settings: CheckSettings,
     load_options: LoadOptions | None = None,
     progress: Progress | None = None,
+    jobs: int = 1,
 ) -> CheckReport:
     """Check every checkpoint under ``paths``; an unreadable file is a finding, not a stop.
-    ``progress``: see :data:`Progress` (the tensor bytes read, each file made up to its size)."""
+    ``progress``: see :data:`Progress` (the tensor bytes read, each file made up to its size).
+    ``jobs``: files checked in that many processes at once (same report, in input order)."""
     if not paths:
         raise PinitError("give at least one checkpoint file, folder or glob")
     files = expand_paths(paths)
@@ -361,24 +457,97 @@ def run_check(
     sizes = [_disk_bytes(f) for f in files] if progress is not None else [0] * len(files)
     try:
         with progress(sum(sizes)) if progress is not None else nullcontext() as advance:
-            for path, size in zip(files, sizes):
-                done = _Counter(advance)
-                try:
-                    with open_checkpoint(path, load_options) as ckpt:
-                        findings = check_checkpoint(ckpt, settings, reference, done if advance else None)
-                        results.append(
-                            FileResult(path, ckpt.format, len(ckpt.tensors), findings, settings.fail_on, ckpt.coverage)
-                        )
-                except PinitError as e:
-                    refused = tuple(e.globals) if isinstance(e, UnsafeGlobalError) else ()
-                    finding = Finding("unreadable", settings.severity("unreadable"), e.message, None, refused)
-                    kept = [finding] if finding.severity != "off" else []
-                    results.append(FileResult(path, None, 0, kept, settings.fail_on))
-                done.up_to(size)
+            if jobs > 1 and len(files) > 1 and _picklable(settings, load_options):
+                results = _check_in_processes(files, sizes, settings, load_options, jobs, advance)
+            else:
+                for path, size in zip(files, sizes):
+                    done = _Counter(advance)
+                    results.append(_check_file(path, settings, load_options, reference, done if advance else None))
+                    done.up_to(size)
     finally:
         if reference is not None:
             reference.close()
     return CheckReport(results, settings)
+
+
+def _check_file(
+    path: str,
+    settings: CheckSettings,
+    load_options: LoadOptions | None,
+    reference: Checkpoint | None,
+    progress: Callable[[int], None] | None,
+) -> FileResult:
+    try:
+        with open_checkpoint(path, load_options) as ckpt:
+            findings = check_checkpoint(ckpt, settings, reference, progress)
+            return FileResult(path, ckpt.format, len(ckpt.tensors), findings, settings.fail_on, ckpt.coverage)
+    except PinitError as e:
+        refused = tuple(e.globals) if isinstance(e, UnsafeGlobalError) else ()
+        finding = Finding("unreadable", settings.severity("unreadable"), e.message, None, refused)
+        kept = [finding] if finding.severity != "off" else []
+        return FileResult(path, None, 0, kept, settings.fail_on)
+
+
+def _picklable(*objs: Any) -> bool:
+    """Whether the settings can go to worker processes (a live --model may not: then one process)."""
+    import pickle
+
+    try:
+        pickle.dumps(objs)
+    except Exception:
+        return False
+    return True
+
+
+def _check_in_processes(
+    files: list[str],
+    sizes: list[int],
+    settings: CheckSettings,
+    load_options: LoadOptions | None,
+    jobs: int,
+    advance: ProgressFn | None,
+) -> list[FileResult]:
+    """``check --jobs N``: one file (a sharded checkpoint: all its shards) per task, on N worker
+    processes (spawned: the parent may run threads), the results kept in input order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pinit import remote
+
+    context = multiprocessing.get_context("spawn")
+    workers = min(jobs, len(files))
+    results: list[FileResult] = []
+    init = {"initializer": _worker_init, "initargs": (remote.settings,)}
+    with ProcessPoolExecutor(workers, mp_context=context, **init) as pool:
+        futures = [pool.submit(_worker_check, path, settings, load_options) for path in files]
+        try:
+            for future, size in zip(futures, sizes):
+                results.append(future.result())
+                if advance is not None and size:
+                    advance(size)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return results
+
+
+_worker_reference: dict[str, Checkpoint] = {}
+
+
+def _worker_init(remote_settings: Any) -> None:
+    from pinit import remote
+
+    remote.settings = remote_settings
+
+
+def _worker_check(path: str, settings: CheckSettings, load_options: LoadOptions | None) -> FileResult:
+    reference = None
+    if settings.reference:
+        reference = _worker_reference.get(settings.reference)
+        if reference is None:
+            reference = _worker_reference[settings.reference] = open_checkpoint(settings.reference, load_options)
+    return _check_file(path, settings, load_options, reference, None)
 
 
 class _Counter:

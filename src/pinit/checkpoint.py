@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pinit.errors import PinitError
-from pinit.files import MAX_INDEX_BYTES, open_regular, read_regular
+from pinit.files import MAX_INDEX_BYTES, FileRef, close_ref, is_url, open_regular, pread, read_regular, size_of
 from pinit.flatten import flatten, hidden_tensors
 from pinit.formats import safetensors as st
 from pinit.formats import torch_zip
@@ -49,8 +50,8 @@ class Coverage:
     """What pinit read of what it found (SPEC section 1, "never pass what was not read").
 
     ``uninterpreted`` names each place that holds tensors pinit did not read: an object it does
-    not interpret (a pickled ``nn.Module``, a placeholder for an allowed global), or a container
-    format it does not read yet (a TorchScript archive).
+    not interpret (a placeholder for an allowed global, a tensor kept as a plain attribute of a
+    module), or an archive it cannot interpret (a quantized TorchScript model).
     """
 
     tensors_found: int
@@ -88,31 +89,105 @@ class Coverage:
         return cls(read + sum(h.tensors for h in hidden), read, [h.describe() for h in hidden])
 
 
+class Source:
+    """What one format needs to read an opened checkpoint, and later to write it back.
+
+    Every format has its own subclass, held by :attr:`Checkpoint.source`; the generic code
+    (statistics, flags, inspect, check, diff) sees only ``Checkpoint.tensors``. ``tree`` is the
+    non-tensor content of formats that have an object tree (torch pickles), ``is_tensor`` tells
+    its tensor leaves, ``files`` lists the files read and ``close`` releases them.
+    """
+
+    tree: Any = None
+
+    def is_tensor(self, x: Any) -> bool:
+        return False
+
+    def files(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class FileSource(Source):
+    """A single open file (the base of the file formats)."""
+
+    def __init__(self, path: str, fd: FileRef) -> None:
+        self.path, self.fd = path, fd
+
+    def files(self) -> list[str]:
+        return [self.path]
+
+    def close(self) -> None:
+        if not isinstance(self.fd, int):  # a remote file (pinit.remote.RemoteFile)
+            self.fd.close()
+        elif self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+
+
+class SafetensorsSource(FileSource):
+    def __init__(self, path: str, fd: int, metadata: dict[str, str] | None) -> None:
+        super().__init__(path, fd)
+        self.metadata = metadata  # the header's __metadata__
+
+
+class TorchZipSource(FileSource):
+    """A torch zip read by pinit's restricted reader: an object tree of ``TensorRef`` leaves whose
+    storages are the archive's records (so it can be written back record by record)."""
+
+    def __init__(self, path: str, fd: int, tree: Any) -> None:
+        super().__init__(path, fd)
+        self.tree = tree
+
+    def is_tensor(self, x: Any) -> bool:
+        return isinstance(x, torch_zip.TensorRef)
+
+
+class TorchLoadedSource(FileSource):
+    """A torch pickle loaded by ``torch.load`` itself: a legacy (non-zip) pickle, tensor kinds
+    pinit's reader does not model, or ``--unsafe-pickle``."""
+
+    def __init__(self, path: str, fd: int, tree: Any, legacy: bool) -> None:
+        super().__init__(path, fd)
+        self.tree, self.legacy = tree, legacy
+
+    def is_tensor(self, x: Any) -> bool:
+        from pinit.formats.torch_load import is_torch_tensor
+
+        return is_torch_tensor(x)
+
+
+class ShardedSource(Source):
+    """A Hugging Face sharded checkpoint: the index document and one checkpoint per shard."""
+
+    def __init__(self, index: dict[str, Any], shards: list[Checkpoint]) -> None:
+        self.index, self.shards = index, shards
+
+    def files(self) -> list[str]:
+        return [f for s in self.shards for f in s.source.files()]
+
+    def close(self) -> None:
+        for shard in self.shards:
+            shard.close()
+
+
 @dataclass
 class Checkpoint:
-    """The tensors of one checkpoint, in file order, with what is needed to write it back."""
+    """The tensors of one checkpoint, in file order; ``source`` holds what only its format needs."""
 
     path: str
-    format: str  # "safetensors" | "torch" | "sharded"
+    format: str  # "safetensors" | "torch" | "sharded" | ... (the JSON "format")
     tensors: list[TensorEntry]
-    metadata: dict[str, str] | None = None  # safetensors __metadata__
-    shards: list[Checkpoint] = field(default_factory=list)
-    index: dict[str, Any] | None = None  # the sharded index document
-    fds: list[int] = field(default_factory=list)
-    legacy: bool = False  # a legacy (non-zip) torch pickle
-    loaded_by_torch: bool = False
-    tree: Any = None  # torch pickles: the unpickled object tree (tensors or placeholders as leaves)
+    source: Source = field(default_factory=Source)
     coverage: Coverage | None = None  # None: every tensor found was read (set by open_checkpoint)
 
     def close(self) -> None:
-        for fd in self.fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.fds.clear()
-        for shard in self.shards:
-            shard.close()
+        self.source.close()
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -137,6 +212,10 @@ def open_checkpoint(path: str | os.PathLike[str], options: LoadOptions | None = 
 
 
 def _open(path: str, options: LoadOptions) -> Checkpoint:
+    if is_url(path):  # hf://, https://, s3://, gs:// (pinit.remote)
+        from pinit.remote import open_remote
+
+        return open_remote(path, options)
     p = Path(path)
     try:
         exists = p.exists()
@@ -148,10 +227,19 @@ def _open(path: str, options: LoadOptions) -> Checkpoint:
         return _open_folder(p, options)
     if p.name.endswith(".index.json"):
         return _open_sharded(p, options)
+    if p.name == ".metadata":  # a torch.distributed.checkpoint folder named by its metadata file
+        from pinit.formats import dcp
+
+        if dcp.is_dcp_folder(p.parent):
+            return dcp.open_dcp(p.parent, options, path)
     return _open_file(path, options)
 
 
 def _open_folder(folder: Path, options: LoadOptions) -> Checkpoint:
+    from pinit.formats import dcp  # a torch.distributed.checkpoint folder: .metadata and *.distcp
+
+    if dcp.is_dcp_folder(folder):
+        return dcp.open_dcp(folder, options, str(folder))
     # an index that is not a regular file (a FIFO) is still the folder's index: opening it says why
     indexes = sorted(f for f in folder.iterdir() if not f.is_dir() and f.name.endswith(INDEX_SUFFIXES))
     if len(indexes) == 1:
@@ -168,67 +256,77 @@ def _open_folder(folder: Path, options: LoadOptions) -> Checkpoint:
 
 
 def _open_file(path: str, options: LoadOptions) -> Checkpoint:
-    fd = open_regular(path, "checkpoint")
+    return open_file_ref(path, open_regular(path, "checkpoint"), options)
+
+
+def open_file_ref(path: str, fd: FileRef, options: LoadOptions) -> Checkpoint:
+    """Read the checkpoint file open as ``fd`` (a descriptor or a remote file), which it then owns."""
     try:
-        size = os.fstat(fd).st_size
-        head = os.pread(fd, 16, 0)
+        size = size_of(fd)
+        head = pread(fd, 16, 0)
         if size == 0:
             raise PinitError("empty file", path)
         # safetensors before pickle: a header length whose low byte is 0x80 looks like PROTO
         if head.startswith(ZIP_MAGIC):
-            ckpt = _open_torch_zip(path, fd, options)
-        elif st.looks_like_safetensors(head, size):
+            return _open_torch_zip(path, fd, options)
+        if st.looks_like_safetensors(head, size):
             header = st.read_header(fd, size)
-            ckpt = Checkpoint(path, "safetensors", st.entries(header, fd, path), metadata=header.metadata)
-        elif head[0] == PICKLE_PROTO:
-            ckpt = _open_with_torch(path, options, mmap=False)
-            ckpt.legacy = True
-        else:
-            raise PinitError("not a checkpoint (neither safetensors, torch zip nor torch pickle)", path)
+            source = SafetensorsSource(path, fd, header.metadata)
+            return Checkpoint(path, "safetensors", st.entries(header, fd, path), source)
+        if head[0] == PICKLE_PROTO:
+            return _open_with_torch(path, fd, options, legacy=True)
+        raise PinitError("not a checkpoint (neither safetensors, torch zip nor torch pickle)", path)
     except PinitError as e:
-        os.close(fd)
+        close_ref(fd)
         if e.path is None:
             e.path = path
         raise
     except BaseException:
-        os.close(fd)
+        close_ref(fd)
         raise
-    ckpt.fds.append(fd)
-    return ckpt
 
 
 def _open_torch_zip(path: str, fd: int, options: LoadOptions) -> Checkpoint:
     if options.unsafe_pickle:
-        return _open_with_torch(path, options, mmap=True)
+        return _open_with_torch(path, fd, options, legacy=False)
     try:
         zc = torch_zip.read_zip(path, fd, options.allowed)
         is_ref = lambda x: isinstance(x, torch_zip.TensorRef)  # noqa: E731
         leaves = flatten(zc.obj, is_ref)
         entries = torch_zip.to_entries(zc, leaves)
         coverage = Coverage.of_tree(zc.obj, is_ref, len(entries))
-        return Checkpoint(path, "torch", entries, tree=zc.obj, coverage=coverage)
+        if zc.uninterpreted:  # an archive whose pickles pinit cannot read: never reported as healthy
+            coverage = Coverage(max(zc.storages, 1), 0, list(zc.uninterpreted))
+        return Checkpoint(path, zc.format, entries, TorchZipSource(path, fd, zc.obj), coverage)
     except torch_zip.NeedsTorch:
-        return _open_with_torch(path, options, mmap=True)
-    except torch_zip.TorchScriptArchive as ts:  # never reported as healthy: nothing of it was read
-        note = (
-            f"a TorchScript archive (torch.jit.save) with {ts.storages} storage record(s): pinit does not read "
-            "TorchScript parameters yet (save the model's state_dict() to check it)"
-        )
-        return Checkpoint(path, "torch", [], coverage=Coverage(max(ts.storages, 1), 0, [note]))
+        return _open_with_torch(path, fd, options, legacy=False)
 
 
-def _open_with_torch(path: str, options: LoadOptions, mmap: bool) -> Checkpoint:
+def _open_with_torch(path: str, fd: FileRef, options: LoadOptions, legacy: bool) -> Checkpoint:
     from pinit.formats import torch_load
 
-    obj = torch_load.torch_load(path, options.allowed, options.unsafe_pickle, mmap)
+    if not isinstance(fd, int):  # torch.load reads a whole file: never done to a remote one
+        why = "--unsafe-pickle" if options.unsafe_pickle else "a legacy torch pickle or tensors pinit does not model"
+        raise PinitError(
+            f"reading this remote checkpoint needs torch.load ({why}), which reads the whole file; download it"
+        )
+
+    obj = torch_load.torch_load(path, options.allowed, options.unsafe_pickle, mmap=not legacy)
     entries = torch_load.to_entries(obj)
     coverage = Coverage.of_tree(obj, torch_load.is_torch_tensor, len(entries))
-    return Checkpoint(path, "torch", entries, loaded_by_torch=True, tree=obj, coverage=coverage)
+    return Checkpoint(path, "torch", entries, TorchLoadedSource(path, fd, obj, legacy), coverage)
 
 
 def _open_sharded(index_path: Path, options: LoadOptions) -> Checkpoint:
     folder = index_path.parent.resolve()
     raw = read_regular(str(index_path), MAX_INDEX_BYTES, "shard index")
+    return open_shards(
+        raw, str(index_path), lambda name: _open_file(str(_shard_path(folder, name, index_path)), options)
+    )
+
+
+def open_shards(raw: bytes, index_path: str, open_shard: Callable[[str], Checkpoint]) -> Checkpoint:
+    """The sharded checkpoint of the index document ``raw``, each shard opened by ``open_shard(name)``."""
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, nesting, a 5000-digit integer
@@ -244,8 +342,7 @@ def _open_sharded(index_path: Path, options: LoadOptions) -> Checkpoint:
     owner: dict[str, str] = {}
     try:
         for name in shard_names:
-            shard_path = _shard_path(folder, name, index_path)
-            shard = _open_file(str(shard_path), options)
+            shard = open_shard(name)
             shards.append(shard)
             for entry in shard.tensors:
                 if entry.name in owner:
@@ -270,7 +367,7 @@ def _open_sharded(index_path: Path, options: LoadOptions) -> Checkpoint:
         coverage.tensors_found += c.tensors_found
         coverage.tensors_read += c.tensors_read
         coverage.uninterpreted += [f"{name}: {u}" for u in c.uninterpreted]
-    return Checkpoint(str(index_path), "sharded", tensors, shards=shards, index=doc, coverage=coverage)
+    return Checkpoint(str(index_path), "sharded", tensors, ShardedSource(doc, shards), coverage)
 
 
 def _shard_path(folder: Path, name: str, index_path: Path) -> Path:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from pinit import dtypes
+from pinit import dtypes, stats
 from pinit.checkpoint import Checkpoint
 from pinit.errors import PinitError
 from pinit.grouping import storage_groups
 from pinit.selection import Selector
-from pinit.storage import CHUNK_BYTES, TensorEntry
+from pinit.storage import CHUNK_BYTES, FileStorage, TensorEntry
 
 STATUSES = ("identical", "within_tolerance", "changed", "shape_changed", "dtype_changed", "only_in_a", "only_in_b")
 SAME = ("identical", "within_tolerance")
@@ -100,6 +101,7 @@ def diff_checkpoints(
     rtol: float = 0.0,
     match: Sequence[str] = (),
     progress: Callable[[int], None] | None = None,
+    threads: int = 2,
 ) -> DiffReport:
     """Compare ``a`` and ``b``: names only in one, shape/dtype changes, value differences.
 
@@ -107,7 +109,9 @@ def diff_checkpoints(
     (``torch.allclose``); NaN equals NaN at the same position, and infinities of the same
     sign are equal.  ``max_abs_diff`` and ``rel_l2_diff = ||a - b|| / ||a||`` are over
     positions where both values are finite.  ``progress`` is called with the bytes of ``a``
-    done, over every selected tensor of ``a`` that ``b`` also has (compared or not).
+    done, over every selected tensor of ``a`` that ``b`` also has (compared or not). Bytes are
+    compared first (on ``threads`` worker threads where the C kernel can read both files); only
+    tensors whose bytes differ are decoded.
     """
     if atol < 0 or rtol < 0:
         raise PinitError("--atol and --rtol must not be negative")
@@ -121,30 +125,138 @@ def diff_checkpoints(
     if match and not in_a and not in_b:
         raise PinitError(f"no tensor of either checkpoint matches {', '.join(repr(m) for m in match)}")
     out: list[TensorDiff] = []
-    for name, ea in in_a.items():
-        eb = in_b.get(name)
-        if eb is None:
-            out.append(TensorDiff(name, "only_in_a", shape_a=ea.shape, dtype_a=ea.dtype))
-            continue
-        d = TensorDiff(name, "identical", ea.shape, eb.shape, ea.dtype, eb.dtype)
-        if ea.shape != eb.shape:
-            d.status = "shape_changed"
-        elif ea.dtype == eb.dtype or _upcast_kind(ea.dt, eb.dt) is not None:
-            _compare_values(ea, eb, atol, rtol, d, progress)
-            if ea.dtype != eb.dtype:  # a dtype change is a difference whatever the values
-                d.status = "dtype_changed"
-            out.append(d)
-            continue
-        else:
-            d.status = "dtype_changed"
-        if progress is not None:  # not compared: counted as done
-            progress(ea.nbytes)
-        out.append(d)
+    with _ByteCompare(in_a, in_b, threads) as equal_bytes:
+        for name, ea in in_a.items():
+            eb = in_b.get(name)
+            if eb is None:
+                out.append(TensorDiff(name, "only_in_a", shape_a=ea.shape, dtype_a=ea.dtype))
+                continue
+            out.append(_compare_pair(name, ea, eb, atol, rtol, equal_bytes.result(name), progress))
     for name, eb in in_b.items():
         if name not in in_a:
             out.append(TensorDiff(name, "only_in_b", shape_b=eb.shape, dtype_b=eb.dtype))
     only_a, only_b = _ties_changed(a, b, set(in_a) & set(in_b))
     return DiffReport(a.path, b.path, atol, rtol, out, only_a, only_b)
+
+
+def _compare_pair(
+    name: str,
+    ea: TensorEntry,
+    eb: TensorEntry,
+    atol: float,
+    rtol: float,
+    equal_bytes: bool | None,
+    progress: Callable[[int], None] | None,
+) -> TensorDiff:
+    """The comparison of the tensors named ``name`` in A and B (``equal_bytes``: whether their bytes
+    are known to be equal, None when not known)."""
+    d = TensorDiff(name, "identical", ea.shape, eb.shape, ea.dtype, eb.dtype)
+    if equal_bytes:  # same dtype and shape, same bytes: identical, nothing to decode
+        _Acc().finish(d)
+        if progress is not None:
+            progress(ea.nbytes)
+        return d
+    if ea.shape != eb.shape:
+        d.status = "shape_changed"
+    elif ea.dtype == eb.dtype or _upcast_kind(ea.dt, eb.dt) is not None:
+        _compare_values(ea, eb, atol, rtol, d, progress)
+        if ea.dtype != eb.dtype:  # a dtype change is a difference whatever the values
+            d.status = "dtype_changed"
+        return d
+    else:
+        d.status = "dtype_changed"
+    if progress is not None:  # not compared: counted as done
+        progress(ea.nbytes)
+    return d
+
+
+_KERNEL_KINDS = {"float32": 0, "bfloat16": 1, "float16": 2, "float64": 3}
+
+
+def _kernel() -> Any:
+    """pinit's C kernel, or None (not built, or turned off: see pinit.stats)."""
+    return stats._kernel
+
+
+# Byte comparisons are handed to the worker threads in batches of up to this many bytes or tensors
+# (one task per tiny tensor costs more than the comparison).
+BATCH_BYTES = 16 << 20
+BATCH_TENSORS = 1024
+
+
+def _file_region(e: TensorEntry) -> tuple[int, int] | None:
+    """(fd, offset) of a contiguous tensor's bytes in a file, or None (another storage, a view)."""
+    s = e.storage
+    if type(s) is not FileStorage or not e.is_contiguous:  # not a subclass: it may read otherwise
+        return None
+    return s.fd, s.offset + e.offset * e.dt.itemsize
+
+
+class _ByteCompare:
+    """Whether tensors of one name, dtype and shape hold equal bytes, decided up front by the C
+    kernel for those that lie contiguously in files (``files_equal``: both regions read with pread
+    in pieces that stay in the CPU's cache, compared with memcmp), on worker threads, batch by
+    batch, while the caller goes through the results in order. Equal bytes are the common case
+    (a fine-tune touches few tensors): such a pair needs no decoding at all."""
+
+    def __init__(self, in_a: dict[str, TensorEntry], in_b: dict[str, TensorEntry], threads: int) -> None:
+        self._where: dict[str, int] = {}
+        self._futures: list[Future[list[bool | None]]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        files_equal = getattr(_kernel(), "files_equal", None)
+        if files_equal is None:
+            return
+        batches: list[list[tuple[int, int, int, int, int]]] = []
+        size = 0
+        for name, ea in in_a.items():
+            eb = in_b.get(name)
+            if eb is None or ea.dtype != eb.dtype or ea.shape != eb.shape or ea.nbytes == 0:
+                continue
+            ra, rb = _file_region(ea), _file_region(eb)
+            if ra is None or rb is None:
+                continue
+            if not batches or size + ea.nbytes > BATCH_BYTES or len(batches[-1]) >= BATCH_TENSORS:
+                batches.append([])
+                size = 0
+            self._where[name] = len(batches) - 1
+            batches[-1].append((*ra, *rb, ea.nbytes))
+            size += ea.nbytes
+        self._index = {name: 0 for name in self._where}
+        counts: dict[int, int] = {}
+        for name, i in self._where.items():
+            self._index[name] = counts.get(i, 0)
+            counts[i] = self._index[name] + 1
+
+        def run(batch: list[tuple[int, int, int, int, int]]) -> list[bool | None]:
+            out: list[bool | None] = []
+            for fa, oa, fb, ob, n in batch:
+                try:
+                    out.append(files_equal(fa, oa, fb, ob, n) == -1)
+                except (OSError, EOFError):  # compared again chunk by chunk, which reports it
+                    out.append(None)
+            return out
+
+        if threads > 1 and len(batches) > 1:
+            self._pool = ThreadPoolExecutor(threads)
+            self._futures = [self._pool.submit(run, b) for b in batches]
+        else:
+            for b in batches:
+                f: Future[list[bool | None]] = Future()
+                f.set_result(run(b))
+                self._futures.append(f)
+
+    def result(self, name: str) -> bool | None:
+        i = self._where.get(name)
+        return None if i is None else self._futures[i].result()[self._index[name]]
+
+    def __enter__(self) -> _ByteCompare:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            for f in self._futures:
+                f.cancel()
+            self._pool.shutdown(wait=True)
 
 
 def _ties_changed(a: Checkpoint, b: Checkpoint, common: set[str]) -> tuple[list[list[str]], list[list[str]]]:
@@ -245,10 +357,24 @@ def _same_dtype(
     progress: Callable[[int], None] | None,
 ) -> None:
     dt = ea.dt
+    kernel = _kernel()
+    kind = _KERNEL_KINDS.get(dt.name) if kernel is not None else None
     for ca, cb in zip(ea.iter_bytes(), eb.iter_bytes(), strict=True):
         if progress is not None:
             progress(ca.size)
-        if np.array_equal(ca, cb):
+        if kind is not None:  # one pass in C, numpy's semantics (see _Acc)
+            differ, max_abs, sq_diff, sq_a, mismatched, nan_a, nan_b, inf = kernel.diff_float(ca, cb, kind, atol, rtol)
+            acc.sq_a += sq_a
+            if differ:
+                acc.exact = False
+                acc.max_abs = max(acc.max_abs, max_abs)
+                acc.sq_diff += sq_diff
+                acc.mismatched += mismatched
+                acc.nan_a += nan_a
+                acc.nan_b += nan_b
+                acc.inf += inf
+            continue
+        if kernel.bytes_equal(ca, cb) if kernel is not None else np.array_equal(ca, cb):
             acc.only_a(_decode(ca, dt))
             continue
         acc.exact = False

@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 from pinit.errors import PinitError
 
-MAX_INDEX_BYTES = 64 << 20  # a shard index of 100,000 tensors is about 10 MB
+if TYPE_CHECKING:
+    from pinit.remote import RemoteFile
+    from pinit.storage import Storage
+
+# What the readers read from: a local file descriptor (os.pread) or a remote file (pinit.remote)
+FileRef = Union[int, "RemoteFile"]
+
+MAX_INDEX_BYTES = 64 << 20
+# the path schemes read by pinit.remote
+URL_SCHEMES = ("hf", "http", "https", "s3", "gs", "gcs")
 
 
 def _kind(mode: int) -> str:
@@ -69,3 +79,48 @@ def read_regular(path: str, limit: int, what: str) -> bytes:
         raise PinitError(f"cannot read {what}: {e.strerror}", path) from None
     finally:
         os.close(fd)
+
+
+def pread(src: FileRef, n: int, offset: int) -> bytes:
+    """Up to ``n`` bytes at ``offset`` of a descriptor (``os.pread``) or a remote file (one ranged read)."""
+    if isinstance(src, int):
+        return os.pread(src, n, offset)
+    return src.pread(n, offset)
+
+
+def size_of(src: FileRef) -> int:
+    return os.fstat(src).st_size if isinstance(src, int) else src.size
+
+
+def reopen(src: FileRef) -> BinaryIO:
+    """A file object reading ``src`` from its start (for ``zipfile``); closing it leaves ``src`` open."""
+    if isinstance(src, int):
+        return open(os.dup(src), "rb")
+    return src.reader()  # type: ignore[return-value]
+
+
+def close_ref(src: FileRef) -> None:
+    if isinstance(src, int):
+        if src >= 0:
+            os.close(src)
+    else:
+        src.close()
+
+
+def file_storage(src: FileRef, offset: int, nbytes: int, key: Any, path: str) -> Storage:
+    """The storage of ``nbytes`` at ``offset`` of ``src``: a ``FileStorage`` for a descriptor (read
+    with preadv, or by the C kernel itself), a ``RangeStorage`` for a remote file."""
+    if isinstance(src, int):
+        from pinit.storage import FileStorage
+
+        return FileStorage(src, offset, nbytes, key, path)
+    from pinit.remote import RangeStorage
+
+    return RangeStorage(src, offset, nbytes, key, path)
+
+
+def is_url(path: object) -> bool:
+    """True for a path pinit reads remotely (``scheme://...``, a scheme of :data:`URL_SCHEMES`)."""
+    if not isinstance(path, str) or "://" not in path:
+        return False
+    return path.split("://", 1)[0].lower() in URL_SCHEMES

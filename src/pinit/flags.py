@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING
 
-from pinit.grouping import group_of, storage_groups
+from pinit.grouping import Group, group_of, storage_groups
 from pinit.storage import TensorEntry, contiguous_strides
 
 if TYPE_CHECKING:
@@ -187,15 +187,44 @@ def empty_flags(entries: Sequence[TensorEntry], context: Sequence[TensorEntry] |
     return {e.name: Flag("empty", WARNING, f"shape {list(e.shape)}: 0 elements") for e in empties}
 
 
+@dataclass
+class Assessment:
+    """What the flag pipeline found: each tensor's statistics and flags, and the storage groups
+    (ties and overlapping views) of the whole checkpoint."""
+
+    stats: dict[str, Stats | None]
+    flags: dict[str, list[Flag]]
+    groups: list[Group]
+
+
+def assess(
+    entries: Sequence[TensorEntry],
+    max_abs: float = DEFAULT_MAX_ABS,
+    *,
+    context: Sequence[TensorEntry] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Assessment:
+    """The one flag pipeline of inspect, check, ``reinit --flagged`` and live models: statistics
+    (each stored view read once), value flags, ``empty`` (judged against ``context``, the whole
+    checkpoint, default ``entries``), duplicates, and the ties among ``context``."""
+    from pinit.inspect import compute_all_stats
+
+    context = entries if context is None else context
+    groups = storage_groups(context)
+    stats = compute_all_stats(entries, max_abs, progress)
+    return Assessment(stats, checkpoint_flags(entries, stats, max_abs, context, groups), groups)
+
+
 def checkpoint_flags(
     entries: Sequence[TensorEntry],
     stats: Mapping[str, Stats | None],
     max_abs: float = DEFAULT_MAX_ABS,
     context: Sequence[TensorEntry] | None = None,
+    groups: Sequence[Group] | None = None,
 ) -> dict[str, list[Flag]]:
-    """Every flag of every entry, in one pipeline: value flags from each tensor's statistics,
-    ``empty`` (judged against ``context``, the whole checkpoint), then duplicates. Used by
-    inspect, check and ``reinit --flagged`` alike."""
+    """Every flag of every entry from known statistics: value flags, ``empty`` (judged against
+    ``context``), then duplicates (tensors in one of ``groups`` share storage: tied, not
+    duplicated). :func:`assess` computes the statistics and calls this."""
     out: dict[str, list[Flag]] = {e.name: [] for e in entries}
     for e in entries:
         st = stats.get(e.name)
@@ -204,13 +233,15 @@ def checkpoint_flags(
     for name, flag in empty_flags(entries, context).items():
         out[name].append(flag)
     found = {n: s for n, s in stats.items() if s is not None}
-    for group in duplicate_groups(entries, found):
+    for group in duplicate_groups(entries, found, groups):
         for name in group:
             out[name].append(Flag("duplicate", WARNING, duplicate_message(name, group)))
     return out
 
 
-def duplicate_groups(entries: Sequence[TensorEntry], stats: dict[str, Stats]) -> list[list[str]]:
+def duplicate_groups(
+    entries: Sequence[TensorEntry], stats: dict[str, Stats], groups: Sequence[Group] | None = None
+) -> list[list[str]]:
     """Groups of floating tensors (ndim >= 2) with equal bytes but separate storage.
 
     Candidates must agree on shape, dtype and statistics; only those are
@@ -218,7 +249,7 @@ def duplicate_groups(entries: Sequence[TensorEntry], stats: dict[str, Stats]) ->
     are flagged as such, and equal constants are expected to be equal.
     """
     buckets: dict[tuple[object, ...], list[TensorEntry]] = defaultdict(list)
-    in_group = group_of(storage_groups(entries))
+    in_group = group_of(storage_groups(entries) if groups is None else groups)
     seen_groups: set[int] = set()
     for e in entries:
         st = stats.get(e.name)

@@ -1,7 +1,9 @@
 """Flatten nested checkpoint containers into dotted tensor names.
 
 A plain state dict keeps its keys; dicts, lists and tuples nested inside are
-joined with ``.``, list and tuple items by their index.  Anything else that is
+joined with ``.``, list and tuple items by their index.  A pickled ``nn.Module``
+(or TorchScript module) placeholder is walked as ``state_dict()`` walks it: its
+parameters, its persistent buffers, then its child modules.  Anything else that is
 not a tensor is a leaf that is kept on write-back but not listed.
 """
 
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pinit.errors import PinitError
+from pinit.formats.torch_zip import ModulePlaceholder
 
 MAX_DEPTH = 200
 MAX_PATHS = 64  # paths that may reach one object (tied references are 2 or 3)
@@ -68,6 +71,8 @@ def iter_tensors(obj: Any, is_tensor: Callable[[Any], bool]) -> Iterator[Leaf]:
             items: Iterator[tuple[PathKey, Any]] = iter(node.items())
         elif isinstance(node, (list, tuple)):
             items = iter(enumerate(node))
+        elif isinstance(node, ModulePlaceholder) and node.module_items() is not None:
+            items = iter(node.module_items() or ())  # state_dict order: parameters, buffers, children
         else:
             return
         if len(path) >= MAX_DEPTH:
@@ -121,31 +126,24 @@ def get_path(obj: Any, path: tuple[PathKey, ...]) -> Any:
     return obj
 
 
-def set_path(obj: Any, path: tuple[PathKey, ...], value: Any) -> Any:
-    """Return ``obj`` with the item at ``path`` replaced (tuples are rebuilt)."""
-    if not path:
-        return value
-    key, rest = path[0], path[1:]
-    child = set_path(obj[key], rest, value)
-    if isinstance(obj, tuple):
-        items = list(obj)
-        items[key] = child
-        return type(obj)(items) if type(obj) is tuple else type(obj)(*items)
-    obj[key] = child
-    return obj
-
-
 @dataclass(frozen=True)
 class Hidden:
-    """Tensors that lie inside an object pinit does not interpret (a pickled ``nn.Module``, a
-    placeholder for an allowed global...): found in the file, but not listed or read."""
+    """Tensors that lie inside an object pinit does not interpret (a placeholder for an allowed
+    global, a plain attribute of a module outside its state dict...): found in the file, but not
+    listed or read."""
 
     name: str  # the flat name of the object ("" for the root)
     type_name: str  # "module.Class"
     tensors: int
+    attribute_of: str | None = None  # a module's plain attribute: the module's class
 
     def describe(self) -> str:
         where = self.name or "<root>"
+        if self.attribute_of is not None:
+            return (
+                f"{where}: a {self.type_name} kept as a plain attribute of a {self.attribute_of} module "
+                f"(not in its state_dict), holding {self.tensors} tensor(s)"
+            )
         return f"{where}: a {self.type_name} object holding {self.tensors} tensor(s)"
 
 
@@ -181,7 +179,9 @@ def hidden_tensors(obj: Any, is_tensor: Callable[[Any], bool]) -> list[Hidden]:
     seen: set[int] = set()  # containers walked on the way
     budget = [MAX_HIDDEN_NODES]
 
-    def count_inside(root: Any) -> int:
+    listed: set[int] | None = None  # the tensors iter_tensors lists (computed when first needed)
+
+    def count_inside(root: Any, skip: set[int] | None = None) -> int:
         found: set[int] = set()
         visited: set[int] = set()
         stack = [root]
@@ -194,7 +194,8 @@ def hidden_tensors(obj: Any, is_tensor: Callable[[Any], bool]) -> list[Hidden]:
             if budget[0] < 0:
                 raise PinitError("the pickle's objects are too many to search for tensors")
             if is_tensor(node):
-                found.add(id(node))
+                if skip is None or id(node) not in skip:
+                    found.add(id(node))
                 continue
             if isinstance(node, (str, bytes, bytearray, int, float, complex, bool)) or node is None:
                 continue
@@ -212,6 +213,20 @@ def hidden_tensors(obj: Any, is_tensor: Callable[[Any], bool]) -> list[Hidden]:
                 walk(child, f"{prefix}.{text}" if prefix else text, depth + 1)
             return
         if isinstance(node, (str, bytes, bytearray, int, float, complex, bool)) or node is None:
+            return
+        module_items = node.module_items() if isinstance(node, ModulePlaceholder) else None
+        if module_items is not None:
+            nonlocal listed
+            seen.add(id(node))
+            for key, child in module_items:
+                walk(child, f"{prefix}.{key}" if prefix else key, depth + 1)
+            for key, value in node.module_extra():  # hooks, hyper-parameters, tensors kept as plain attributes
+                if listed is None:
+                    listed = {id(leaf.value) for leaf in iter_tensors(obj, is_tensor)}
+                n = count_inside(value, listed)
+                if n:
+                    where = f"{prefix}.{key}" if prefix else key
+                    out.append(Hidden(where, _type_name(value), n, attribute_of=_type_name(node)))
             return
         n = count_inside(node)
         if n:

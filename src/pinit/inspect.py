@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pinit.checkpoint import Checkpoint, Coverage
 from pinit.errors import PinitError
-from pinit.flags import DEFAULT_MAX_ABS, ERROR, WARNING, Flag, checkpoint_flags
+from pinit.flags import DEFAULT_MAX_ABS, ERROR, WARNING, Flag, assess
 from pinit.grouping import group_of, shares_bytes, storage_groups
 from pinit.selection import Selector
 from pinit.storage import TensorEntry
@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # numpy (behind pinit.stats) is imported only when tensor dat
     from pinit.stats import Stats
 
 SORT_KEYS = ("order", "name", "size")
+ABSENT: Any = type("Absent", (), {"__repr__": lambda self: "ABSENT"})()  # TensorReport.grad of a file's tensor
 
 
 @dataclass
@@ -30,6 +31,7 @@ class TensorReport:
     identical: list[str] = field(default_factory=list)  # of tied_with: the very same view (tied weights)
     values: list[Any] | None = None
     hist: list[int] | None = None
+    grad: Any = ABSENT  # live models only (pinit.live): None, or the Stats of the tensor's .grad
 
     @property
     def name(self) -> str:
@@ -54,6 +56,8 @@ class TensorReport:
             doc["values"] = self.values
         if self.hist is not None:
             doc["hist"] = self.hist
+        if self.grad is not ABSENT:
+            doc["grad"] = self.grad.as_json() if self.grad is not None else None
         return doc
 
 
@@ -176,7 +180,8 @@ def inspect_checkpoint(
     chosen = [e for e in ckpt.tensors if selector(e.name)]
     reports = [TensorReport(e) for e in chosen]
     # ties and overlapping views among all the checkpoint's tensors, listed or not
-    groups = storage_groups(ckpt.tensors)
+    verdict = assess(chosen, max_abs, context=ckpt.tensors, progress=progress) if stats else None
+    groups = verdict.groups if verdict is not None else storage_groups(ckpt.tensors)
     in_group = group_of(groups)
     chosen_names = {e.name for e in chosen}
     tied = [g.names for g in groups if any(n in chosen_names for n in g.names)]
@@ -185,12 +190,10 @@ def inspect_checkpoint(
         if g is not None:  # the members whose bytes it shares itself (q and k of one qkv share none)
             r.tied_with = [o.name for o in g.members if o is not r.entry and shares_bytes(o, r.entry)]
             r.identical = [o.name for o in g.members if o is not r.entry and o.view_key == r.entry.view_key]
-    if stats:
-        all_stats = compute_all_stats(chosen, max_abs, progress)
-        flags = checkpoint_flags(chosen, all_stats, max_abs, context=ckpt.tensors)
+    if verdict is not None:
         for r in reports:
-            r.stats = all_stats[r.name]
-            r.flags = flags[r.name]
+            r.stats = verdict.stats[r.name]
+            r.flags = verdict.flags[r.name]
         if hist:
             from pinit.stats import histogram
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pinit.checkpoint import Checkpoint
+from pinit.checkpoint import Checkpoint, SafetensorsSource, ShardedSource
 from pinit.flatten import _key_text, _type_name, iter_tensors
 from pinit.formats.torch_zip import Opaque, TensorRef
 
@@ -84,11 +84,12 @@ def shorten(text: str, limit: int = MAX_STRING) -> str:
 def checkpoint_meta(ckpt: Checkpoint) -> Meta:
     """The non-tensor content of ``ckpt``: its object tree (torch), ``__metadata__`` (safetensors),
     or for a sharded checkpoint the index's ``metadata`` and each shard's own."""
-    if ckpt.format == "sharded":
+    source = ckpt.source
+    if isinstance(source, ShardedSource):
         walker = _Walker(lambda x: False, {})
-        index_meta = (ckpt.index or {}).get("metadata")
+        index_meta = source.index.get("metadata")
         shards: dict[str, Any] = {}
-        for shard in ckpt.shards:
+        for shard in source.shards:
             m = checkpoint_meta(shard)
             if not m.empty:
                 shards[os.path.basename(shard.path)] = m.data
@@ -99,25 +100,16 @@ def checkpoint_meta(ckpt: Checkpoint) -> Meta:
         if shards:
             data["shards"] = shards
         return Meta("sharded", data, walker.cut)
-    if ckpt.tree is not None:
-        is_tensor = _torch_tensor_test(ckpt)
+    if source.tree is not None:
         names: dict[int, str] = {}
-        for leaf in iter_tensors(ckpt.tree, is_tensor):
+        for leaf in iter_tensors(source.tree, source.is_tensor):
             names.setdefault(id(leaf.value), leaf.name)
-        walker = _Walker(is_tensor, names)
-        return Meta("pickle", walker.value(ckpt.tree, "", 0), walker.cut)
-    if ckpt.metadata is not None:
+        walker = _Walker(source.is_tensor, names)
+        return Meta("pickle", walker.value(source.tree, "", 0), walker.cut)
+    if isinstance(source, SafetensorsSource) and source.metadata is not None:
         walker = _Walker(lambda x: False, {})
-        return Meta("safetensors", walker.value(dict(ckpt.metadata), "", 0), walker.cut)
+        return Meta("safetensors", walker.value(dict(source.metadata), "", 0), walker.cut)
     return Meta("none", None)
-
-
-def _torch_tensor_test(ckpt: Checkpoint) -> Callable[[Any], bool]:
-    if ckpt.loaded_by_torch:
-        from pinit.formats.torch_load import is_torch_tensor
-
-        return is_torch_tensor
-    return lambda x: isinstance(x, TensorRef)
 
 
 class _Walker:

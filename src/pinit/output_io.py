@@ -18,16 +18,34 @@ from typing import Any
 
 import numpy as np
 
-from pinit.checkpoint import Checkpoint, LoadOptions
+from pinit.checkpoint import (
+    Checkpoint,
+    LoadOptions,
+    SafetensorsSource,
+    ShardedSource,
+    TorchLoadedSource,
+    TorchZipSource,
+)
 from pinit.errors import PinitError
 from pinit.flatten import flatten
 from pinit.grouping import storage_groups
+from pinit.storage import FileStorage, StreamStorage, TensorEntry, contiguous_strides
 from pinit.writers import OutTensor, atomic_file, check_write, write_error, write_safetensors
 
 
+def _shards(ckpt: Checkpoint) -> list[Checkpoint]:
+    return ckpt.source.shards if isinstance(ckpt.source, ShardedSource) else []
+
+
+def _metadata(ckpt: Checkpoint) -> dict[str, str] | None:
+    return ckpt.source.metadata if isinstance(ckpt.source, SafetensorsSource) else None
+
+
 def output_format(ckpt: Checkpoint, out: str | os.PathLike[str] | None) -> str:
-    """'safetensors' or 'torch' for a single file; 'sharded' for a sharded checkpoint."""
-    if ckpt.format == "sharded":
+    """The format written: in place the input's own (``torch``, ``torchscript``, ``safetensors``,
+    ``dcp``), ``sharded`` for a sharded checkpoint, else by ``out``'s extension: ``.safetensors``
+    or ``torch``."""
+    if isinstance(ckpt.source, ShardedSource):
         return "sharded"
     if out is None:
         return ckpt.format
@@ -58,13 +76,15 @@ def progress_write_bytes(ckpt: Checkpoint, names: frozenset[str], out: str | os.
     the file is written (the new values are the caller's to count, as they are drawn)."""
 
     def file_bytes(c: Checkpoint, fmt: str) -> int:
-        if fmt == "torch":
-            return sum({e.view_key: e.nbytes for e in c.tensors}.values())
-        return _copied_bytes(c, names)
+        if fmt == "dcp":  # rewritten in place: the selected tensors' chunks
+            return sum(e.nbytes for e in c.tensors if e.name in names)
+        if fmt == "safetensors":
+            return _copied_bytes(c, names)
+        return sum({e.view_key: e.nbytes for e in c.tensors}.values())  # a torch zip (TorchScript too)
 
     fmt = output_format(ckpt, out)
     if fmt == "sharded":
-        return sum(file_bytes(s, s.format) for s in ckpt.shards if any(e.name in names for e in s.tensors))
+        return sum(file_bytes(s, s.format) for s in _shards(ckpt) if any(e.name in names for e in s.tensors))
     return file_bytes(ckpt, fmt)
 
 
@@ -109,6 +129,11 @@ def write_checkpoint(
     fmt = output_format(ckpt, out)
     names = values.names if isinstance(values, PendingValues) else frozenset(values)
     check_targets(ckpt, out, names=names, backup=backup, force=force)
+    if fmt == "dcp":  # a torch.distributed.checkpoint folder rewritten in place, chunk by chunk
+        from pinit.formats import dcp
+
+        written = dcp.write_in_place(ckpt, values, backup=backup, force=force, warnings=warnings, progress=progress)
+        return written, fmt, warnings
     if fmt == "sharded":
         if isinstance(values, PendingValues):
             values = values.get()
@@ -132,12 +157,18 @@ def check_targets(
     For a sharded checkpoint rewritten in place these are the shards holding ``names`` (none
     checked while ``names`` is None: not known yet); a sharded ``--out`` is a new or empty folder.
     """
-    if ckpt.format != "sharded":
+    if output_format(ckpt, out) == "dcp":  # in place: the .distcp files holding the selected tensors
+        from pinit.formats import dcp
+
+        for path in dcp.touched_files(ckpt, names or frozenset()):
+            check_write(path, backup=backup, force=force)
+        return
+    if not isinstance(ckpt.source, ShardedSource):
         check_write(os.fspath(out) if out is not None else ckpt.path, backup=backup, force=force)
         return
     if names is None or (out is not None and Path(out).resolve() != Path(ckpt.path).parent.resolve()):
         return
-    for shard in ckpt.shards:
+    for shard in _shards(ckpt):
         if any(e.name in names for e in shard.tensors):
             check_write(shard.path, backup=backup, force=force)
 
@@ -156,14 +187,24 @@ def _write_file(
 ) -> None:
     if Path(target).is_dir():
         raise PinitError("output path is a folder; name a file", target)
+    # the one place where a file's writer is chosen: by the output format, then by what the
+    # source can give (a torch zip read by pinit is patched record by record)
     if fmt == "safetensors":
         _write_as_safetensors(ckpt, values, target, backup, provenance, warnings, force)
         if progress is not None:
             progress(_copied_bytes(ckpt, values.names if isinstance(values, PendingValues) else values))
+    elif isinstance(ckpt.source, TorchZipSource):
+        if not isinstance(ckpt.source.fd, int):  # a remote file (pinit.remote): no descriptor to copy from
+            raise PinitError(
+                "a remote torch zip is re-initialized into safetensors only (--out FILE.safetensors); "
+                "download it to write a torch file",
+                ckpt.path,
+            )
+        _patch_torch_zip(ckpt, ckpt.source.fd, values, target, backup, warnings, force, progress)
+    elif isinstance(ckpt.source, TorchLoadedSource):
+        _save_torch_tree(ckpt, values, target, backup, load_options, warnings, force, progress)
     else:
-        if isinstance(values, PendingValues):
-            values = values.get()
-        _write_as_torch(ckpt, values, target, backup, load_options, warnings, force, progress)
+        _save_flat_dict_as_torch(ckpt, values, target, backup, load_options, warnings, force, progress)
 
 
 def _write_as_safetensors(
@@ -175,14 +216,12 @@ def _write_as_safetensors(
     warnings: list[str],
     force: bool = False,
 ) -> None:
-    if ckpt.format == "torch":
-        for group in storage_groups(ckpt.tensors):
-            warnings.append(f"tensors sharing storage {', '.join(group.names)} become separate copies in safetensors")
-        dropped = non_tensor_names(ckpt)
-        if dropped:
-            shown = ", ".join(dropped[:8]) + (f" and {len(dropped) - 8} more" if len(dropped) > 8 else "")
-            warnings.append(f"safetensors holds tensors only; dropped non-tensor content: {shown}")
-    metadata = dict(ckpt.metadata) if ckpt.metadata else None
+    for group in storage_groups(ckpt.tensors):  # none in a safetensors input
+        warnings.append(f"tensors sharing storage {', '.join(group.names)} become separate copies in safetensors")
+    dropped = non_tensor_names(ckpt)  # from the source's object tree, where it has one
+    if dropped:
+        warnings.append(f"safetensors holds tensors only; dropped non-tensor content: {_some(dropped)}")
+    metadata = dict(_metadata(ckpt) or {}) or None
     if provenance is not None:
         metadata = metadata or {}
         metadata.setdefault("format", "pt")
@@ -203,7 +242,8 @@ def non_tensor_names(ckpt: Checkpoint) -> list[str]:
 
     A container holding no tensor at all is named once, as a whole.
     """
-    if ckpt.tree is None:
+    tree = ckpt.source.tree
+    if tree is None:
         return []
     tensor_names = {e.name for e in ckpt.tensors}
     names: list[str] = []
@@ -226,13 +266,17 @@ def non_tensor_names(ckpt: Checkpoint) -> list[str]:
         for k, v in items:
             walk(v, f"{prefix}.{k}" if prefix else str(k))
 
-    walk(ckpt.tree, "")
+    walk(tree, "")
     return names
 
 
-def _write_as_torch(
+def _some(names: Sequence[str], n: int = 8) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _save_torch_tree(
     ckpt: Checkpoint,
-    values: Mapping[str, np.ndarray],
+    values: Values,
     target: str,
     backup: bool,
     load_options: LoadOptions,
@@ -240,26 +284,68 @@ def _write_as_torch(
     force: bool = False,
     progress: ProgressFn | None = None,
 ) -> None:
+    """A file ``torch.load`` itself read (a legacy pickle, ``--unsafe-pickle``, tensor kinds
+    pinit does not model): its object tree, with the new values copied into its tensors, saved
+    by ``torch.save`` as a zip (allowlisted objects stay inert placeholders)."""
     import torch
 
     from pinit.formats import torch_load
 
-    if ckpt.format == "torch":
-        obj = torch_load.torch_load(ckpt.path, load_options.allowed, load_options.unsafe_pickle, mmap=not ckpt.legacy)
-        tensors = {leaf.name: leaf.value for leaf in flatten(obj, torch_load.is_torch_tensor)}
-    else:
-        if ckpt.metadata:
-            warnings.append("torch files have no metadata: the safetensors __metadata__ is dropped")
-        obj = {}
-        for e in ckpt.tensors:
-            raw = values[e.name] if e.name in values else e.read_bytes()  # _to_torch copies it
-            obj[e.name] = _to_torch(raw, e.dtype, e.shape)
-        tensors = obj
+    if isinstance(values, PendingValues):
+        values = values.get()
+    tree = ckpt.source.tree
+    tensors = {leaf.name: leaf.value for leaf in flatten(tree, torch_load.is_torch_tensor)}
     with torch.no_grad():
         for name, raw in values.items():
             t = tensors[name]
-            if ckpt.format == "torch":
-                t.copy_(_to_torch(raw, str(t.dtype).removeprefix("torch."), tuple(t.shape)))
+            t.copy_(_to_torch(raw, str(t.dtype).removeprefix("torch."), tuple(t.shape)))
+    _torch_save(tree, target, backup, load_options, warnings, force, progress)
+
+
+def _save_flat_dict_as_torch(
+    ckpt: Checkpoint,
+    values: Values,
+    target: str,
+    backup: bool,
+    load_options: LoadOptions,
+    warnings: list[str],
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> None:
+    """Any other source (safetensors, a DCP folder) written as ``.pt``: a flat state dict of
+    its tensors by name (what ``torch.save(load_file(...))`` or ``dcp_to_torch_save`` keep),
+    streamed by pinit's own torch-zip writer: one tensor in memory at a time, no torch."""
+    from pinit.formats.torch_zip_write import write_state_dict_zip
+
+    if _metadata(ckpt):
+        warnings.append("torch files have no metadata: the safetensors __metadata__ is dropped")
+    dropped = non_tensor_names(ckpt)
+    if dropped:  # e.g. DCP's non-tensor values: pickled bytes pinit does not unpickle
+        warnings.append(f"non-tensor content is not written (only tensors are converted): {_some(dropped)}")
+    entries = ckpt.tensors
+    specs = [(e.name, e.dtype, tuple(e.shape)) for e in entries]
+    if isinstance(values, PendingValues):
+        pending, fill = values.names, values.produce
+    else:
+        given = dict(values)
+        pending, fill = frozenset(given), lambda: (((n,), v) for n, v in given.items())
+    with atomic_file(target, backup, force=force, warnings=warnings) as fd:
+        write_state_dict_zip(fd, specs, lambda i: entries[i].iter_bytes(), pending, fill, progress)
+
+
+def _torch_save(
+    obj: Any,
+    target: str,
+    backup: bool,
+    load_options: LoadOptions,
+    warnings: list[str],
+    force: bool,
+    progress: ProgressFn | None,
+) -> None:
+    import torch
+
+    from pinit.formats import torch_load
+
     with atomic_file(target, backup, force=force, warnings=warnings) as fd, os.fdopen(os.dup(fd), "wb") as f:
         try:
             pickler = torch_load.pickle_module_for(load_options.allowed, load_options.unsafe_pickle)
@@ -273,6 +359,186 @@ def _write_as_torch(
                 raise cause from None
             raise
         f.flush()
+
+
+def _patch_torch_zip(
+    ckpt: Checkpoint,
+    src_fd: int,
+    values: Values,
+    target: str,
+    backup: bool,
+    warnings: list[str],
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> None:
+    """Write a torch zip back at the storage level: copy the input file whole into the (atomic)
+    output, write each new tensor's bytes into its storage record (scattered through its strides
+    for a non-contiguous view), then fix the CRC-32 of each record changed.  The pickle and every
+    other member stay byte for byte as they were (so ties, storage locations such as ``cuda:0``
+    and non-tensor content are kept); ``torch.load`` is never called.  New values are taken one
+    tensor at a time from a :class:`PendingValues`."""
+    from pinit.formats import zip_patch
+
+    infos = _zip_members(src_fd, ckpt.path)
+    names = values.names if isinstance(values, PendingValues) else frozenset(values)
+    by_name = {e.name: e for e in ckpt.tensors}
+    lookup = zip_patch.ZipPatcher(src_fd, infos=infos)
+    records = {e.name: _record_of(e, src_fd, lookup, ckpt.path) for e in ckpt.tensors if e.name in names}
+    size = os.fstat(src_fd).st_size
+    total = progress_write_bytes(ckpt, names, target)  # as the torch.save path counts: the tensor data
+    with atomic_file(target, backup, force=force, warnings=warnings) as fd:
+        copier = _Copier(src_fd, fd, size, _scaled_progress(progress, total, size))
+        copier.start()  # the kernel copies while the first new values are computed (import torch)
+        try:
+            patcher = zip_patch.ZipPatcher(fd, end=size, infos=infos)  # the copy's size, as it ends
+            changed: dict[int, Any] = {}
+            items = values.produce() if isinstance(values, PendingValues) else (((n,), v) for n, v in values.items())
+            for view_names, data in items:
+                copier.wait()  # new bytes go over the copied ones
+                entry = by_name[view_names[0]]
+                info = records[entry.name]
+                _write_view(patcher, fd, info, entry, data)
+                changed[id(info)] = info
+                del data  # one new tensor in memory at a time
+            copier.wait()
+            for info in changed.values():
+                patcher.fix_crc(info)
+        finally:
+            copier.stop()
+
+
+class _Copier:
+    """Copy a whole file in a second thread (kernel-side, ``zip_patch.copy_file``), starting its
+    write-back as it goes and flushing it at the end, so the final fsync has only the patches left."""
+
+    def __init__(self, src_fd: int, dst_fd: int, size: int, progress: ProgressFn | None) -> None:
+        import threading
+
+        self.src_fd, self.dst_fd, self.size, self.progress = src_fd, dst_fd, size, progress
+        self._stop = threading.Event()
+        self._failed: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, name="pinit-copy", daemon=True)
+        self._joined = False
+
+    def _run(self) -> None:
+        from pinit.formats import zip_patch
+        from pinit.writers import start_writeback
+
+        try:
+            done = 0
+            while done < self.size and not self._stop.is_set():
+                n = min(zip_patch.COPY_CHUNK, self.size - done)
+                zip_patch.copy_file(self.src_fd, self.dst_fd, n, src_offset=done, dst_offset=done)
+                start_writeback(self.dst_fd, done, n)
+                done += n
+                if self.progress is not None:
+                    self.progress(n)
+            if not self._stop.is_set():
+                getattr(os, "fdatasync", os.fsync)(self.dst_fd)
+        except BaseException as e:
+            self._failed.append(e)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Wait for the copy to end; raise what made it fail."""
+        if not self._joined:
+            self._thread.join()
+            self._joined = True
+        if self._failed:
+            raise self._failed[0]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._joined = True
+
+
+def _zip_members(fd: int, path: str) -> list[Any]:
+    import zipfile
+
+    try:
+        with open(os.dup(fd), "rb") as f, zipfile.ZipFile(f) as zf:
+            return zf.infolist()
+    except Exception as e:  # BadZipFile, OSError: the file changed since it was read
+        raise PinitError(f"not a readable zip archive ({e})", path) from None
+
+
+def _record_of(entry: TensorEntry, src_fd: int, lookup: Any, path: str) -> Any:
+    """The STORED zip member holding ``entry``'s storage, alone in its bytes; a PinitError otherwise."""
+    import zipfile
+
+    storage = entry.storage
+    if isinstance(storage, StreamStorage):
+        raise PinitError(
+            f"tensor '{entry.name}' is in a compressed zip record: pinit rewrites a torch zip record by record "
+            "and can rewrite only stored (uncompressed) records, as torch.save writes them",
+            path,
+        )
+    info = lookup.member_at(storage.offset) if isinstance(storage, FileStorage) and storage.fd == src_fd else None
+    if info is None:
+        raise PinitError(f"tensor '{entry.name}' is not in a record of the zip archive pinit can rewrite", path)
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise PinitError(f"tensor '{entry.name}' is in a compressed zip record ({info.filename})", path)
+    shared = lookup.sharing(info)
+    if shared:
+        raise PinitError(
+            f"zip archive refused as hostile: the record of tensor '{entry.name}' ({info.filename}) overlaps "
+            f"{', '.join(shared[:3])}",
+            path,
+        )
+    return info
+
+
+def _write_view(patcher: Any, fd: int, info: Any, entry: TensorEntry, data: np.ndarray) -> None:
+    """Write ``data`` (``entry``'s new bytes, row-major) into its storage record: in one piece for
+    a contiguous view, else scattered through its strides within the view's storage span."""
+    raw = np.asarray(data, dtype=np.uint8).reshape(-1)
+    if raw.size != entry.nbytes:
+        raise ValueError(f"{entry.name}: {raw.size} new bytes for a tensor of {entry.nbytes}")
+    if entry.numel == 0:
+        return
+    item = entry.dt.itemsize
+    if entry.is_contiguous:
+        patcher.write(info, [(entry.offset * item, raw)])
+        return
+    from pinit.grouping import byte_span
+
+    lo, hi = byte_span(entry)
+    start, _length = patcher.record_span(info)
+    buf = np.empty(hi - lo, dtype=np.uint8)
+    mv = memoryview(buf)
+    done = 0
+    while done < buf.size:
+        got = os.preadv(fd, [mv[done:]], start + lo + done)
+        if got <= 0:
+            raise PinitError("output file ended inside a zip record")
+        done += got
+    kind = np.dtype(f"V{item}") if item > 1 else np.dtype(np.uint8)
+    strides = entry.strides if entry.strides is not None else contiguous_strides(entry.shape)
+    view = np.lib.stride_tricks.as_strided(
+        buf.view(kind), shape=entry.shape, strides=tuple(s * item for s in strides), writeable=True
+    )
+    view[...] = raw.view(kind).reshape(entry.shape)
+    patcher.write(info, [(lo, buf)])
+
+
+def _scaled_progress(progress: ProgressFn | None, total: int, size: int) -> ProgressFn | None:
+    """``progress`` for copying ``size`` bytes, reporting ``total`` in all, in proportion."""
+    if progress is None:
+        return None
+    report = progress
+    state = [0, 0]  # bytes copied, bytes reported
+
+    def advance(n: int) -> None:
+        state[0] += n
+        now = total * state[0] // size if size else total
+        if now > state[1]:
+            report(now - state[1])
+            state[1] = now
+
+    return advance
 
 
 def _os_error_in(e: BaseException) -> OSError | None:
@@ -316,7 +582,7 @@ def _write_sharded(
         except OSError as e:
             raise write_error(dst_dir, e) from None
     written = []
-    for shard in ckpt.shards:
+    for shard in _shards(ckpt):
         name = (
             Path(shard.path).relative_to(src_dir) if Path(shard.path).is_relative_to(src_dir) else Path(shard.path).name
         )

@@ -30,7 +30,7 @@ from pinit import __version__, defaults
 from pinit.checkpoint import Checkpoint, LoadOptions, open_checkpoint
 from pinit.errors import PinitError
 from pinit.files import MAX_INDEX_BYTES, read_regular
-from pinit.flags import DEFAULT_MAX_ABS, ERROR, checkpoint_flags
+from pinit.flags import DEFAULT_MAX_ABS, ERROR, assess
 from pinit.grouping import group_of, storage_groups
 from pinit.schemes import SCHEMES, canonical_name, resolve_options
 from pinit.selection import Selector
@@ -226,9 +226,7 @@ def plan_assignments(
     entries = ckpt.tensors
     flagged_names: set[str] | None = None
     if flagged:
-        from pinit.inspect import compute_all_stats
-
-        flags = checkpoint_flags(entries, compute_all_stats(entries, max_abs), max_abs)
+        flags = assess(entries, max_abs).flags
         flagged_names = {name for name, fs in flags.items() if any(f.severity == ERROR for f in fs)}
     by_name = {e.name: e for e in entries}
 
@@ -369,22 +367,6 @@ def _sparse_(t: torch.Tensor, sparsity: float, std: float, generator: torch.Gene
             t[torch.randperm(rows, generator=generator)[:num_zeros], col_idx] = 0
 
 
-def _large_allocations_from_mmap() -> None:
-    """Have glibc serve allocations over 4 MiB with mmap, always. Its default threshold rises
-    after the first large free, after which freed tensors of tens of MB stayed in the heap and
-    were not reused for the next ones: re-initializing six 32 MB tensors one at a time grew the
-    process by five of them. Elsewhere (not glibc) this does nothing."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD (setting it also stops glibc from moving it)
-
-
 def tensor_bytes(t: torch.Tensor) -> np.ndarray:
     """The raw little-endian bytes of a contiguous CPU tensor, as a uint8 array."""
     import torch
@@ -473,7 +455,6 @@ def reinit(
         def produce() -> Iterator[tuple[list[str], np.ndarray]]:
             """Each new tensor's bytes with the names that are that very view, one view at a
             time; a group's root is drawn once and its other members are slices of it."""
-            _large_allocations_from_mmap()
             for a in assignments:
                 root = a.entry
                 t = new_values(root.shape, root.dtype, a.scheme, a.kwargs, derive_seed(seed_used, root.name))

@@ -8,7 +8,9 @@ and abs_max cover the finite values only.
 
 Floating chunks other than float64 are reduced by the C kernel ``pinit._kernel``
 when it was built (see ``_kernel.c``); otherwise, and for float64, by the numpy
-code below, which gives the same results at about half the speed.
+code below, which gives the same results at about half the speed.  A contiguous
+tensor of float32, bfloat16 or float16 in a file is reduced by one kernel call
+that reads the file region itself (no Python code per chunk).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from types import ModuleType
 import numpy as np
 
 from pinit import dtypes
-from pinit.storage import CHUNK_BYTES, TensorEntry
+from pinit.storage import CHUNK_BYTES, FileStorage, TensorEntry
 
 # float32 chunks whose magnitudes stay below this are reduced in float32: their squares,
 # summed over a chunk, cannot overflow (2^50 squared times 2^20 elements < float32's max).
@@ -197,6 +199,14 @@ class _FloatAccumulator:
             self.max = max(self.max, hi)
             self._merge(n, mean, max(m2, 0.0), total)
 
+    def assign_reduced(self, part: tuple[int, float, float, float, float, float, int, int, int, int, int]) -> None:
+        """Take the totals of a tensor the C kernel reduced chunk by chunk, merging the chunks as
+        :meth:`add_reduced` does (the same numbers as one add_reduced per chunk); fresh only."""
+        assert self.n == 0 and self.scale == 1.0 and not (self.zeros or self.nan or self.inf)
+        self.n, self.mean, self.m2, self.total, lo, hi, self.zeros, self.nan, self.inf, self.subnormal, self.huge = part
+        if self.n:
+            self.min, self.max = lo, hi
+
     def _add_f32(self, x: np.ndarray, lo: float, hi: float, big: float) -> None:
         """The fast path for float32 chunks of moderate magnitude: six passes over the chunk,
         in float32 (sums by rows of a few thousand, see _sum32), merged in float64."""
@@ -315,9 +325,12 @@ def compute_stats(entry: TensorEntry, max_abs: float = 1e6, chunk_bytes: int = C
     numel = entry.numel
     if dt.kind == "complex":
         return None
-    buf = scratch("read", chunk_bytes, np.uint8)
     if dt.kind == "float":
         acc = _FloatAccumulator(dt.tiny, max_abs)
+        if chunk_bytes == CHUNK_BYTES and _whole_in_kernel(acc, entry):
+            return acc.result(numel)
+    buf = scratch("read", chunk_bytes, np.uint8)
+    if dt.kind == "float":
         for i, (repeat, chunks) in enumerate(entry.stat_parts(chunk_bytes, buf=buf)):
             part = acc if i == 0 else _FloatAccumulator(dt.tiny, max_abs)
             _add_float_chunks(part, chunks, dt)
@@ -336,6 +349,34 @@ def compute_stats(entry: TensorEntry, max_abs: float = 1e6, chunk_bytes: int = C
         if ipart is not iacc:
             _absorb(iacc, ipart)
     return iacc.result(numel)
+
+
+def _whole_in_kernel(acc: _FloatAccumulator, entry: TensorEntry) -> bool:
+    """Reduce a contiguous tensor in one call of the C kernel, which reads a file region itself
+    (``file_stats``: pread in pieces that stay in the CPU's second-level cache, no Python per chunk)
+    or takes the bytes in memory whole; False where that does not apply (no kernel, another dtype,
+    another kind of storage, a view) or the read failed (the chunked path then reports it)."""
+    kind = _KERNEL_KINDS.get(entry.dtype)
+    if _kernel is None or kind is None or not entry.is_contiguous or entry.numel == 0:
+        return False
+    storage = entry.storage
+    item = entry.dt.itemsize
+    start = entry.offset * item
+    nbytes = entry.nbytes
+    tiny, max_abs = entry.dt.tiny, float(acc.max_abs32)
+    step = max(1, CHUNK_BYTES // item) * item  # the chunks of iter_bytes: the same numbers as that path
+    if type(storage) is FileStorage and hasattr(_kernel, "file_stats"):  # not a subclass: it may read otherwise
+        try:
+            part = _kernel.file_stats(storage.fd, storage.offset + start, nbytes, kind, tiny, max_abs, step)
+        except (OSError, EOFError):
+            return False
+    else:
+        mem = storage.view(start, nbytes)
+        if mem is None:
+            return False
+        part = _kernel.float_stats(mem, kind, tiny, max_abs, -1, step)
+    acc.assign_reduced(part)
+    return True
 
 
 def _add_float_chunks(acc: _FloatAccumulator, chunks: Iterator[np.ndarray], dt: dtypes.DType) -> None:

@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from pinit import __version__
-from pinit.cli import check_cmd, diff_cmd, inspect_cmd, options, reinit_cmd, report_cmd, schemes_cmd
+from pinit.cli import check_cmd, diff_cmd, init_cmd, inspect_cmd, options, reinit_cmd, report_cmd, schemes_cmd
 from pinit.cli.errors import PinitGroup
 
 
@@ -123,6 +123,7 @@ app.command("check", cls=PinitCommand)(check_cmd.check)
 app.command("diff", cls=PinitCommand)(diff_cmd.diff)
 app.command("schemes", cls=PinitCommand)(schemes_cmd.schemes)
 app.command("report", cls=PinitCommand)(report_cmd.report)
+app.command("init", cls=PinitCommand)(init_cmd.init)
 
 
 def main() -> None:
@@ -138,6 +139,9 @@ def entry_point() -> None:
     loaded, an exit without the interpreter's teardown, which takes half a second with torch
     (longer than most of pinit's work). Every file pinit writes is closed and fsynced by then;
     only the standard streams are left to flush. Python callers use :func:`main`."""
+    from pinit.cli.common import room_for_open_files
+
+    room_for_open_files()
     try:
         main()
     except SystemExit as e:

@@ -52,7 +52,29 @@ def check(
         str | None,
         typer.Option("--reference", metavar="PATH", help="Also compare names, shapes and dtypes with this checkpoint."),
     ] = None,
+    model: opt.Model = None,
+    arg: opt.ModelArg = None,
+    strip_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--strip-prefix",
+            metavar="PREFIX",
+            help="With --model: remove PREFIX (e.g. module.) from the file's tensor names that start with it "
+            "before comparing them with the model's.",
+        ),
+    ] = None,
     fmt: Annotated[CheckFormat, typer.Option("--format", "-f", help="Output format.")] = CheckFormat.text,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            metavar="N",
+            help="Check N files at once, in N processes (a sharded checkpoint is one file); same report.",
+            min=1,
+        ),
+    ] = 1,
+    timeout: opt.Timeout = None,
     unsafe_pickle: opt.UnsafePickle = False,
     allow_global: opt.AllowGlobal = None,
     quiet: opt.Quiet = False,
@@ -60,8 +82,12 @@ def check(
     debug: opt.Debug = False,
 ) -> None:
     """Fail (exit 1) when checkpoints hold NaN/Inf, subnormals, huge values, or (with --fail-on warning)
-    all-zero, constant or duplicated weights; settings may come from [tool.pinit.check] in pyproject.toml."""
+    all-zero, constant or duplicated weights; settings may come from [tool.pinit.check] in pyproject.toml.
+
+    --model MODULE:CALLABLE also reports what model.load_state_dict(sd, strict=True) would refuse; it imports
+    and runs that code, so name only code you trust."""
     from pinit.check import find_pyproject, load_pyproject_settings, merge_settings, run_check
+    from pinit.errors import PinitError
 
     settings = merge_settings(
         load_pyproject_settings(find_pyproject()),
@@ -71,11 +97,19 @@ def check(
         exclude=exclude or [],
         reference=reference,
     )
+    if (arg or strip_prefix) and model is None:
+        raise PinitError("--arg and --strip-prefix go with --model")
+    if model is not None:  # a model that cannot be built is bad usage (exit 2), like an unreadable reference
+        from pinit.live import model_checkpoint, parse_model_spec
+
+        settings.model = model_checkpoint(parse_model_spec(model, arg or ()))
+        settings.strip_prefix = strip_prefix
     report = run_check(
         paths,
         settings,
-        load_options(allow_global, unsafe_pickle),
+        load_options(allow_global, unsafe_pickle, timeout),
         progress=lambda total: out.progress_bar(total, "checking", quiet),
+        jobs=jobs,
     )
     if fmt is CheckFormat.json:
         out.print_json(report.as_json())

@@ -13,7 +13,6 @@ import typer
 import typer.core
 
 EXIT_OK = 0
-EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 
 

@@ -20,7 +20,12 @@ SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
 
 
 def inspect(
-    path: Annotated[str, typer.Argument(help="Checkpoint file, sharded folder or index file.", show_default=False)],
+    path: Annotated[
+        str | None,
+        typer.Argument(help="Checkpoint file, sharded folder or index file (or --model).", show_default=False),
+    ] = None,
+    model: opt.Model = None,
+    arg: opt.ModelArg = None,
     match: opt.Match = None,
     exclude: opt.Exclude = None,
     flagged: opt.Flagged = False,
@@ -40,6 +45,7 @@ def inspect(
     ] = opt.SortKey.order,
     max_abs: opt.MaxAbs = 1e6,
     fmt: Annotated[opt.InspectFormat, typer.Option("--format", "-f", help="Output format.")] = opt.InspectFormat.table,
+    timeout: opt.Timeout = None,
     unsafe_pickle: opt.UnsafePickle = False,
     allow_global: opt.AllowGlobal = None,
     quiet: opt.Quiet = False,
@@ -47,6 +53,9 @@ def inspect(
     debug: opt.Debug = False,
 ) -> None:
     """List every tensor of a checkpoint: shape, dtype, requires_grad, statistics and flags.
+
+    With --model MODULE:CALLABLE instead of PATH, lists a live model's parameters and buffers as built
+    (true requires_grad, and .grad in JSON); this imports and runs that code, so name only code you trust.
 
     Exit 0 whatever the flags: inspect informs, 'pinit check' gates.
     """
@@ -57,7 +66,18 @@ def inspect(
     selector = Selector(match or (), exclude or ())
     if meta and fmt is opt.InspectFormat.csv:
         die("--meta goes with --format table, markdown or json, not csv")
-    with open_path(path, load_options(allow_global, unsafe_pickle)) as ckpt:
+    if (path is None) == (model is None):
+        die("give a checkpoint PATH or --model MODULE:CALLABLE (one of them)")
+    if arg and model is None:
+        die("--arg goes with --model")
+    if model is not None:
+        from pinit.live import model_checkpoint, parse_model_spec
+
+        opened = model_checkpoint(parse_model_spec(model, arg or ()))
+    else:
+        assert path is not None
+        opened = open_path(path, load_options(allow_global, unsafe_pickle, timeout))
+    with opened as ckpt:
         chosen = [e for e in ckpt.tensors if selector(e.name)]
         total = sum(e.nbytes for e in chosen)
         work = (0, 0) if no_stats else (total, len(chosen))
@@ -73,6 +93,10 @@ def inspect(
                 sort=sort.value,
                 progress=progress,
             )
+        if model is not None:  # a live model's tensors also report their .grad
+            from pinit.live import attach_grads
+
+            attach_grads(report, ckpt, max_abs)
         meta_doc = checkpoint_meta(ckpt) if meta else None
     problem = ckpt.coverage.problem() if ckpt.coverage is not None else None
     # never shown as healthy: said on stderr (even with --quiet), in the summary lines and JSON coverage

@@ -56,6 +56,34 @@ NoWarnings = Annotated[
     typer.Option("--no-warnings", help="No warnings at all, not even about lost or unread content."),
 ]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
+Timeout = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        help="Timeout of each request for a remote checkpoint (hf://, https://, s3://, gs://); "
+        "transient failures are retried 3 times.",
+        show_default="60",
+        min=0.001,
+    ),
+]
+Model = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        metavar="MODULE:CALLABLE",
+        help="A live model: imports MODULE (or runs path/to/file.py) and calls CALLABLE, which must return "
+        "a torch.nn.Module. This RUNS THAT CODE: name only code you trust.",
+    ),
+]
+ModelArg = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--arg",
+        metavar="KEY=VALUE",
+        help="Keyword argument of the --model callable; VALUE is a Python literal (else a string); repeatable.",
+    ),
+]
 
 
 class InspectFormat(str, Enum):

@@ -9,7 +9,7 @@ import typer
 
 from pinit.cli import options as opt
 from pinit.cli import output as out
-from pinit.cli.common import load_options
+from pinit.cli.common import large_allocations_from_mmap, load_options
 from pinit.cli.errors import warn
 
 if TYPE_CHECKING:
@@ -119,6 +119,7 @@ def reinit(
     ] = False,
     max_abs: opt.MaxAbs = 1e6,
     fmt: Annotated[opt.JsonOrTable, typer.Option("--format", "-f", help="Report format.")] = opt.JsonOrTable.table,
+    timeout: opt.Timeout = None,
     unsafe_pickle: opt.UnsafePickle = False,
     allow_global: opt.AllowGlobal = None,
     quiet: opt.Quiet = False,
@@ -136,6 +137,8 @@ def reinit(
         }.items()
         if v is not None
     }  # fmt: skip
+    _local_output(path, out_path, dry_run)
+    large_allocations_from_mmap()
     result = run_reinit(
         path,
         match=match or (),
@@ -152,7 +155,7 @@ def reinit(
         dry_run=dry_run,
         provenance=not no_provenance,
         max_abs=max_abs,
-        load_options=load_options(allow_global, unsafe_pickle),
+        load_options=load_options(allow_global, unsafe_pickle, timeout),
         progress=lambda total: out.progress_bar(total, "re-initializing", quiet),
     )
     shown = opt.warning_filter(quiet, no_warnings)
@@ -165,6 +168,20 @@ def reinit(
         out.print_json(result.as_json())
         return
     _render(result)
+
+
+def _local_output(path: str, out_path: str | None, dry_run: bool) -> None:
+    """pinit writes local files only: a remote checkpoint (hf://, https://, s3://, gs://) is
+    re-initialized into a local --out, never in place."""
+    from pinit.errors import PinitError
+    from pinit.files import is_url
+
+    if out_path is not None and is_url(out_path):
+        raise PinitError("--out must be a local path: pinit writes local files only")
+    if out_path is None and not dry_run and is_url(path):
+        from pinit.remote import redact
+
+        raise PinitError("a remote checkpoint is not written in place: give --out FILE (a local path)", redact(path))
 
 
 def _render(result: ReinitResult) -> None:

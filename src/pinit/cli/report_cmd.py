@@ -36,6 +36,7 @@ def report(
         ),
     ] = 200,
     max_abs: opt.MaxAbs = 1e6,
+    timeout: opt.Timeout = None,
     unsafe_pickle: opt.UnsafePickle = False,
     allow_global: opt.AllowGlobal = None,
     quiet: opt.Quiet = False,
@@ -52,7 +53,7 @@ def report(
     if out_html is None and png is None:
         die("say where to write: --out FILE (the HTML page) and/or --png DIR")
     require_matplotlib()  # before any tensor is read
-    with open_path(path, load_options(allow_global, unsafe_pickle)) as ckpt:
+    with open_path(path, load_options(allow_global, unsafe_pickle, timeout)) as ckpt:
         total = sum(e.nbytes for e in ckpt.tensors)
         with out.progress_bar(total, "statistics", quiet, count=len(ckpt.tensors)) as progress:
             rep = inspect_checkpoint(ckpt, hist=True, max_abs=max_abs, progress=progress)
@@ -82,7 +83,7 @@ def _refuse_overwriting_input(ckpt: Checkpoint, out_html: str | None) -> None:
     """``-o`` naming the checkpoint itself (or one of its shards) is a slip that would lose it."""
     if out_html is None or not os.path.exists(out_html):
         return
-    for source in [ckpt.path, *(s.path for s in ckpt.shards)]:
+    for source in [ckpt.path, *ckpt.source.files()]:
         try:
             same = os.path.samefile(out_html, source)
         except OSError:

@@ -10,13 +10,13 @@ tile the data buffer exactly, in order, with no gap or overlap.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from pinit import dtypes
 from pinit.errors import PinitError
-from pinit.storage import FileStorage, TensorEntry
+from pinit.files import FileRef, file_storage, pread
+from pinit.storage import TensorEntry
 
 MAX_HEADER_BYTES = 100_000_000  # the reference implementation's limit
 MAX_INT64 = (1 << 63) - 1  # torch sizes and numels are int64
@@ -62,16 +62,16 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def read_header(fd: int, file_size: int) -> Header:
+def read_header(fd: FileRef, file_size: int) -> Header:
     """Parse and validate the header of the safetensors file open as ``fd``."""
     if file_size < 8:
         raise PinitError("too short for a safetensors file")
-    n = int.from_bytes(os.pread(fd, 8, 0), "little")
+    n = int.from_bytes(pread(fd, 8, 0), "little")
     if n > MAX_HEADER_BYTES:
         raise PinitError(f"safetensors header length {n} is over the {MAX_HEADER_BYTES}-byte limit")
     if 8 + n > file_size:
         raise PinitError(f"safetensors header length {n} runs past the end of the file ({file_size} bytes)")
-    raw = os.pread(fd, n, 8)
+    raw = pread(fd, n, 8)
     if len(raw) != n:
         raise PinitError("file ended inside the safetensors header")
     try:
@@ -142,11 +142,11 @@ def _parse_entry(name: str, info: Any) -> HeaderTensor:
     return HeaderTensor(name, dt.name, tuple(shape), offsets[0], offsets[1])
 
 
-def entries(header: Header, fd: int, path: str) -> list[TensorEntry]:
+def entries(header: Header, fd: FileRef, path: str) -> list[TensorEntry]:
     """One entry per tensor, reading from the open file ``fd``."""
     out = []
     for i, t in enumerate(header.tensors):
-        storage = FileStorage(fd, header.data_start + t.begin, t.end - t.begin, key=(path, t.name), path=path)
+        storage = file_storage(fd, header.data_start + t.begin, t.end - t.begin, key=(path, t.name), path=path)
         out.append(TensorEntry(name=t.name, dtype=t.dtype, shape=t.shape, storage=storage, index=i))
     return out
 

@@ -10,6 +10,16 @@ whose bytes are read straight from the zip member's position in the file.
 Tensor kinds this reader does not model (quantized, sparse, nested, wrapper
 subclasses) raise :class:`NeedsTorch`, and the caller loads the file with
 ``torch.load(weights_only=True)`` instead.
+
+A whole pickled model (``torch.save(model)``) names its module classes
+(``__main__.Net``, ``torch.nn.modules.conv.Conv2d``...).  They are never imported: each
+unknown global of a pickle gets its own inert :class:`ModulePlaceholder` class, and once the
+pickle is read, a global used only through NEWOBJ (or ``copyreg._reconstructor(cls, object,
+None)``) and BUILD, never called and never stored as a value, whose every object's BUILD
+state is a ``dict`` holding ``_parameters``, ``_buffers`` and ``_modules`` dicts, is a module
+class; its objects are walked as ``state_dict()`` walks them.  Every other unknown global is
+refused, all of them named in one :class:`UnsafeGlobalError`.  TorchScript archives
+(``torch.jit.save``) are read by :mod:`pinit.formats.torchscript` on the same machinery.
 """
 
 from __future__ import annotations
@@ -26,11 +36,11 @@ import zipfile
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pinit import dtypes
-from pinit.errors import PinitError, UnsafeGlobalError
+from pinit.errors import PinitError, UnsafeGlobalError, runs_code
 from pinit.formats import zip_layout
 from pinit.storage import FileStorage, Storage, StreamStorage, TensorEntry
 
@@ -48,15 +58,6 @@ MAX_TENSORS = 500_000
 
 class NeedsTorch(Exception):
     """The file holds something only torch itself can rebuild (still weights_only)."""
-
-
-class TorchScriptArchive(Exception):
-    """A ``torch.jit.save`` archive (``constants.pkl`` and ``code/``): its pickles name the
-    TorchScript classes of the model; pinit does not read their parameters yet."""
-
-    def __init__(self, storages: int) -> None:
-        super().__init__("TorchScript archive")
-        self.storages = storages
 
 
 @dataclass(eq=False)  # hashed by identity, as torch storages are
@@ -144,6 +145,61 @@ class Opaque:
 def opaque_class(full: str) -> type:
     """An inert placeholder class standing for the global ``full`` (``module.Name``)."""
     return type(full.rpartition(".")[2], (Opaque,), {"_pinit_global": full})
+
+
+class ModulePlaceholder(Opaque):
+    """Stands in for a class that may be an ``nn.Module`` (or a TorchScript class) of a whole
+    pickled model: built by NEWOBJ and BUILD like any placeholder, nothing of the class is run.
+
+    Each unpickler makes its own subclasses, so nothing survives the file. Once the whole
+    pickle is read, the unpickler decides which of them are module classes (see
+    :meth:`RestrictedUnpickler._settle_modules`) and gives each of their objects its
+    ``state_dict`` layout, ``_pinit_module``: ``(name, value)`` pairs in ``state_dict`` order
+    (parameters, buffers, then child modules), and ``_pinit_extra``: the module's other
+    attributes (non-tensor content, kept on write-back).
+    """
+
+    def module_items(self) -> list[tuple[str, Any]] | None:
+        """The parameters, buffers and child modules in ``state_dict`` order (None: not a module)."""
+        items = self.__dict__.get("_pinit_module")
+        return items if isinstance(items, list) else None
+
+    def module_extra(self) -> list[tuple[str, Any]]:
+        """The module's attributes that are not in its ``state_dict`` (hooks, hyper-parameters...)."""
+        extra = self.__dict__.get("_pinit_extra")
+        return extra if isinstance(extra, list) else []
+
+
+def module_class(full: str) -> type:
+    return type(full.rpartition(".")[2], (ModulePlaceholder,), {"_pinit_global": full})
+
+
+def is_module_class(x: Any) -> bool:
+    return isinstance(x, type) and issubclass(x, ModulePlaceholder)
+
+
+_MODULE_DICTS = ("_parameters", "_buffers", "_modules")
+
+
+def nn_module_layout(state: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]] | None:
+    """The ``state_dict`` layout of an ``nn.Module``'s pickled ``__dict__`` (None when ``state``
+    is not one): its non-None parameters, its non-None persistent buffers, its child modules,
+    each keyed by attribute name, and its other attributes."""
+    if type(state) is not dict or not all(isinstance(k, str) for k in state):
+        return None
+    parts = [state.get(k) for k in _MODULE_DICTS]
+    if not all(type(p) in (dict, OrderedDict) and all(isinstance(k, str) for k in p) for p in parts):
+        return None
+    params, buffers, children = parts
+    non_persistent = state.get("_non_persistent_buffers_set", set())
+    if not isinstance(non_persistent, (set, frozenset)):
+        return None
+    items = [(k, v) for k, v in params.items() if v is not None]
+    items += [(k, v) for k, v in buffers.items() if v is not None and k not in non_persistent]
+    items += [(k, v) for k, v in children.items() if v is not None]
+    # non-persistent buffers are state the model rebuilds (not in state_dict): neither listed nor counted
+    extra = [(k, v) for k, v in state.items() if k not in _MODULE_DICTS]
+    return items, extra
 
 
 class PlaceholderPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
@@ -326,6 +382,33 @@ for _qs in (
     _PLAIN[f"torch.{_qs}"] = _Marker("qscheme", _qs)
 
 
+_OBJECT = _Marker("object", "builtins.object")  # the base copyreg._reconstructor names
+
+
+def _classes_stored_as_values(root: Any, classes: set[type]) -> set[str]:
+    """The globals among ``classes`` that the object tree holds as values (a class stored in a
+    dict, passed as an argument...), not only as the class of objects built from it."""
+    found: set[str] = set()
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or isinstance(node, (str, bytes, bytearray, int, float, complex, TensorRef)):
+            continue
+        seen.add(id(node))
+        if isinstance(node, type):
+            if node in classes:
+                found.add(node._pinit_global)  # type: ignore[attr-defined]
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple, set, frozenset)):
+            stack.extend(node)
+        elif isinstance(node, Opaque):
+            stack.extend(node.__dict__.values())
+    return found
+
+
 def _remap(full: str, names: dict[tuple[str, str], tuple[str, str]], modules: dict[str, str]) -> str:
     module, _, name = full.rpartition(".")
     if (module, name) in names:
@@ -369,18 +452,35 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
 
     dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
 
-    def __init__(self, file: io.BufferedIOBase, allowed: frozenset[str], refused: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        file: io.BufferedIOBase,
+        allowed: frozenset[str],
+        refused: list[str] | None = None,
+        modules: bool = False,
+    ) -> None:
         super().__init__(file)
         self.allowed = allowed
         self.refused: list[str] = [] if refused is None else refused
         self.objects = 0
         self.ops = 0
         self.tensors = 0
+        # modules=True: classes of a whole pickled model (torch.save(model)) may be read as inert
+        # module placeholders; which globals are module classes is decided once the pickle is read
+        self.modules = modules
+        self.classes: dict[str, type] = {}  # global -> its ModulePlaceholder subclass, for this pickle only
+        self.instances: dict[str, list[ModulePlaceholder]] = {}  # objects built by NEWOBJ, per global
+        self.called: set[str] = set()  # module-class candidates called (REDUCE, INST, OBJ): not module classes
+        self.pending: list[str] = []  # candidates refused unless found to be module classes
 
     def load(self) -> Any:
         try:
             obj = super().load()
-        except Exception:
+            if self.classes:
+                self._settle_modules(obj)
+        except Exception as e:
+            if isinstance(e, PinitError) and all(g in self.pending for g in self.refused):
+                raise  # pinit's own refusal (BUILD on a class...), not a refused global's placeholder
             if self.refused:  # what made the rest fail is most likely a refused global's placeholder
                 raise UnsafeGlobalError(self.refused) from None
             raise
@@ -396,11 +496,103 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
             return functools.partial(self._count_tensor, _REBUILDERS[full])
         if full in _PLAIN:
             return _PLAIN[full]
-        if full in self.allowed or f"{module}.{name}" in self.allowed:
+        if self.modules and full == "copyreg._reconstructor":  # protocol 0/1 pickles build objects with it
+            return self._reconstructor
+        if self.modules and full == "builtins.object":
+            return _OBJECT
+        allowed = full in self.allowed or f"{module}.{name}" in self.allowed
+        if self.modules and not runs_code(full):
+            return self._candidate(full, allowed)
+        if allowed:
             return opaque_class(full)
         if full not in self.refused:
             self.refused.append(full)
         return opaque_class(full)  # inert: unpickling goes on to find every other refused global
+
+    def _candidate(self, full: str, allowed: bool) -> type:
+        """The placeholder class of a global that may be a module class (one per global and pickle)."""
+        cls = self.classes.get(full)
+        if cls is None:
+            cls = self.classes[full] = module_class(full)
+            if not allowed and full not in self.refused:
+                self.refused.append(full)  # taken back if it turns out to be a module class
+                self.pending.append(full)
+        return cls
+
+    def _reconstructor(self, cls: Any = None, base: Any = None, state: Any = None, *rest: Any) -> Any:
+        # copyreg._reconstructor(cls, object, None) is object.__new__(cls): what NEWOBJ does.
+        # Any other call would run base.__init__ (copyreg._reconstructor(Popen, Popen, argv)): refused
+        if rest or not is_module_class(cls) or base is not _OBJECT or state is not None:
+            if "copyreg._reconstructor" not in self.refused:
+                self.refused.append("copyreg._reconstructor")
+            return opaque_class("copyreg._reconstructor")()
+        return self._new_instance(cls, ())
+
+    def _new_instance(self, cls: type, args: tuple[Any, ...]) -> Any:
+        obj = cls.__new__(cls, *args)
+        if is_module_class(cls):
+            self.instances.setdefault(cls._pinit_global, []).append(obj)  # type: ignore[attr-defined]
+        return obj
+
+    def load_newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(self._new_instance(cls, args) if is_module_class(cls) else cls.__new__(cls, *args))
+
+    def load_newobj_ex(self) -> None:
+        cls = self.stack[-3]
+        if is_module_class(cls):  # torch.save never writes NEWOBJ_EX: not how a module is pickled
+            self.class_called(cls)
+        super().load_newobj_ex()
+
+    def load_reduce(self) -> None:
+        func = self.stack[-2]
+        if is_module_class(func):  # a call of the class would run its constructor
+            self.class_called(func)
+        super().load_reduce()
+
+    def _instantiate(self, klass: Any, args: Any) -> None:
+        if is_module_class(klass):  # INST / OBJ
+            self.class_called(klass)
+        super()._instantiate(klass, args)
+
+    def class_called(self, cls: type) -> None:
+        """A candidate module class is called: it is not read as a module class."""
+        self.called.add(cls._pinit_global)  # type: ignore[attr-defined]
+
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+    dispatch[pickle.REDUCE[0]] = load_reduce
+
+    def module_layout(self, obj: ModulePlaceholder) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]] | None:
+        """The state_dict layout of one object of a candidate class, or None if it is not a module."""
+        d = obj.__dict__
+        if d.get("_args") != () or d.get("_called") or "_items" in d or "_list" in d or "_state" not in d:
+            return None
+        return nn_module_layout(d["_state"])
+
+    def _settle_modules(self, root: Any) -> None:
+        """Decide which candidate globals are module classes: used only through NEWOBJ (or
+        ``copyreg._reconstructor``) and BUILD, never called, never stored as a value, and every
+        object of theirs has a module's state. Their objects get their state_dict layout;
+        every other candidate stays refused (or, if allowed, an inert placeholder)."""
+        as_value = _classes_stored_as_values(root, set(self.classes.values()))
+        layouts: dict[int, tuple[list[tuple[str, Any]], list[tuple[str, Any]]]] = {}
+        confirmed: set[str] = set()
+        for full, objs in self.instances.items():
+            if full in self.called or full in as_value:
+                continue
+            found = [self.module_layout(o) for o in objs]
+            if all(f is not None for f in found):
+                confirmed.add(full)
+                for o, f in zip(objs, found):
+                    layouts[id(o)] = f  # type: ignore[assignment]
+        for full in confirmed:
+            for o in self.instances[full]:
+                o.__dict__["_pinit_module"], o.__dict__["_pinit_extra"] = layouts[id(o)]
+        for full in self.pending:
+            if full in confirmed and full in self.refused:
+                self.refused.remove(full)
 
     def _count_tensor(self, rebuild: Any, *args: Any, **kwargs: Any) -> Any:
         self.tensors += 1
@@ -481,11 +673,12 @@ def prescan_legacy(path: str, allowed: frozenset[str]) -> None:
         _LegacyScanUnpickler(f, allowed, refused).load()
 
 
-def unpickle(data: bytes | io.BufferedIOBase, allowed: frozenset[str]) -> Any:
-    """The object tree of a pickle (bytes, or a file positioned at its start)."""
+def unpickle(data: bytes | io.BufferedIOBase, allowed: frozenset[str], modules: bool = False) -> Any:
+    """The object tree of a pickle (bytes, or a file positioned at its start); ``modules``: the
+    classes of a whole pickled model may be read as inert module placeholders."""
     f = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     with _pickle_errors():
-        return RestrictedUnpickler(f, allowed).load()
+        return RestrictedUnpickler(f, allowed, modules=modules).load()
 
 
 @contextmanager
@@ -510,6 +703,10 @@ class ZipCheckpoint:
     fd: int
     members: dict[str, zipfile.ZipInfo]
     prefix: str
+    format: str = "torch"  # "torchscript" for a torch.jit.save archive
+    # what pinit found but could not interpret (an archive's pickles it cannot read): never healthy
+    uninterpreted: list[str] = field(default_factory=list)
+    storages: int = 0  # storage records of an archive that could not be read
 
 
 def _member_data_offset(fd: int, info: zipfile.ZipInfo, file_size: int) -> int:
@@ -526,7 +723,9 @@ def read_zip(path: str, fd: int, allowed: frozenset[str]) -> ZipCheckpoint:
     # the members torch.load reads, or a refusal where another reader could read others (SPEC 1)
     layout = zip_layout.torch_layout(fd, infos, start_dir)
     if layout.find("constants.pkl") is not None and any(k.startswith("code/") for k in layout.records):
-        raise TorchScriptArchive(sum(k.startswith("data/") for k in layout.records))
+        from pinit.formats import torchscript
+
+        return torchscript.read_archive(path, fd, layout, allowed)
     pkl_info = layout.find("data.pkl")
     if pkl_info is None:  # torch_layout refuses archives without one
         raise PinitError("zip archive is not a torch checkpoint (no data.pkl)")
@@ -535,7 +734,7 @@ def read_zip(path: str, fd: int, allowed: frozenset[str]) -> ZipCheckpoint:
     data = zip_layout.read_record(fd, pkl_info, MAX_PICKLE_BYTES)  # inflates no more than that
     if layout.byteorder != "little":
         raise PinitError(f"big-endian checkpoints are not supported (byteorder '{layout.byteorder}')")
-    obj = unpickle(data, allowed)
+    obj = unpickle(data, allowed, modules=True)
     return ZipCheckpoint(obj, path, fd, layout.records, layout.prefix)
 
 

@@ -30,7 +30,6 @@ the two could read differently:
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import zipfile
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pinit.errors import PinitError
+from pinit.files import FileRef, pread, size_of
 
 # torch 2.13's caffe2/serialize/versions.h: the file format versions its reader accepts
 MIN_FILE_FORMAT_VERSION = 1
@@ -101,25 +101,28 @@ def find(records: dict[str, zipfile.ZipInfo], name: str) -> zipfile.ZipInfo | No
     return None if key is None else records.get(key)
 
 
-def _central_directory(fd: int, size: int) -> tuple[int, int]:
-    """Where miniz (``mz_zip_reader_read_central_dir``) reads the central directory: (offset, entries)."""
-    if size < _EOCD_SIZE:
+def _central_directory(fd: FileRef, size: int, base: int = 0) -> tuple[int, int]:
+    """Where miniz (``mz_zip_reader_read_central_dir``) reads the central directory: (offset, entries).
+
+    The archive lies in ``[base, size)`` of the file (``base`` > 0: embedded in a larger file);
+    the offset returned is relative to ``base``, as the archive's own offsets are."""
+    if size - base < _EOCD_SIZE:
         raise PinitError("not a readable zip archive (too short)")
-    tail_len = min(size, (1 << 16) + _EOCD_SIZE)  # where Python's zipfile looks for it
-    tail = os.pread(fd, tail_len, size - tail_len)
+    tail_len = min(size - base, (1 << 16) + _EOCD_SIZE)  # where Python's zipfile looks for it
+    tail = pread(fd, tail_len, size - tail_len)
     pos = tail.rfind(_EOCD_SIG, 0, len(tail) - _EOCD_SIZE + 4)  # the last one with a whole record after it
     if pos < 0:
         raise PinitError("not a readable zip archive (no end of central directory record)")
     eocd = size - tail_len + pos
     this_disk, cdir_disk, on_disk, total, cdir_size, cdir_ofs = struct.unpack("<HHHHII", tail[pos + 4 : pos + 20])
-    if eocd >= _ZIP64_LOCATOR_SIZE + _ZIP64_EOCD_SIZE:
-        locator = os.pread(fd, _ZIP64_LOCATOR_SIZE, eocd - _ZIP64_LOCATOR_SIZE)
+    if eocd - base >= _ZIP64_LOCATOR_SIZE + _ZIP64_EOCD_SIZE:
+        locator = pread(fd, _ZIP64_LOCATOR_SIZE, eocd - _ZIP64_LOCATOR_SIZE)
         if locator[:4] == _ZIP64_LOCATOR_SIG:
             record_ofs, disks = struct.unpack("<QI", locator[8:20])
             # Python reads the zip64 end record just before the locator, miniz where the locator points
-            if record_ofs != eocd - _ZIP64_LOCATOR_SIZE - _ZIP64_EOCD_SIZE:
+            if base + record_ofs != eocd - _ZIP64_LOCATOR_SIZE - _ZIP64_EOCD_SIZE:
                 raise _hostile("its zip64 locator points away from the zip64 end record (zip readers disagree)")
-            record = os.pread(fd, _ZIP64_EOCD_SIZE, record_ofs)
+            record = pread(fd, _ZIP64_EOCD_SIZE, base + record_ofs)
             if record[:4] == _ZIP64_EOCD_SIG:
                 record_size, this_disk, cdir_disk, on_disk, total, cdir_size, cdir_ofs = struct.unpack(
                     "<Q4xIIQQQQ", record[4:56]
@@ -130,19 +133,25 @@ def _central_directory(fd: int, size: int) -> tuple[int, int]:
                     raise PinitError("not a readable zip archive (too many entries for torch's reader)")
     if total != on_disk or ((this_disk | cdir_disk) != 0 and (this_disk, cdir_disk) != (1, 1)):
         raise PinitError("not a readable zip archive (multi-disk archives are not supported)")
-    if cdir_size < total * _CENTRAL_HEADER_SIZE or cdir_ofs + cdir_size > size:
+    if cdir_size < total * _CENTRAL_HEADER_SIZE or base + cdir_ofs + cdir_size > size:
         raise PinitError("not a readable zip archive (bad central directory size or offset)")
     return cdir_ofs, total
 
 
-def torch_layout(fd: int, infos: list[zipfile.ZipInfo], start_dir: int) -> ZipLayout:
+def torch_layout(
+    fd: FileRef, infos: list[zipfile.ZipInfo], start_dir: int, base: int = 0, end: int | None = None
+) -> ZipLayout:
     """Check that Python's ``zipfile`` (``infos``, ``start_dir``) sees the archive as torch does,
     and list the records torch can read; reads torch's small metadata records as torch does.
 
+    ``base``/``end``: the archive lies in ``[base, end)`` of the file (default: the whole file), as
+    a ``torch.save`` archive embedded in a larger file; ``infos`` and ``start_dir`` are relative to
+    ``base`` (``zipfile`` reading through a window starting there).
+
     Raises PinitError for an archive torch refuses or could read differently.
     """
-    size = os.fstat(fd).st_size
-    cdir_ofs, total = _central_directory(fd, size)
+    size = size_of(fd) if end is None else end
+    cdir_ofs, total = _central_directory(fd, size, base)
     if start_dir != cdir_ofs:
         raise _hostile(
             f"its central directory is at offset {cdir_ofs} but Python's zipfile reads it at {start_dir} "
@@ -174,7 +183,7 @@ def torch_layout(fd: int, infos: list[zipfile.ZipInfo], start_dir: int) -> ZipLa
             info.file_size and not info.compress_size
         ):
             raise PinitError(f"zip member '{shown}' has inconsistent sizes")
-        if info.header_offset + _LOCAL_HEADER_SIZE + info.compress_size > size:
+        if base + info.header_offset + _LOCAL_HEADER_SIZE + info.compress_size > size:
             raise PinitError(f"zip member '{shown}' runs past the end of the file")
     seen: dict[bytes, bytes] = {}
     for raw in names:
@@ -205,15 +214,17 @@ def torch_layout(fd: int, infos: list[zipfile.ZipInfo], start_dir: int) -> ZipLa
         pkl = [_show(raw) for raw in names if raw.lower().endswith(b"data.pkl")]
         where = f" ('{pkl[0]}' is not where torch reads it)" if pkl else ""
         raise PinitError(f"zip archive is not a torch checkpoint (no {_show(prefix)}data.pkl){where}")
-    return ZipLayout(prefix.decode("utf-8", "replace"), records, _check_metadata(fd, records, size))
+    if not isinstance(fd, int):  # a remote file: the local headers data_offset reads, requested at once
+        fd.prefetch([(base + i.header_offset, _LOCAL_HEADER_SIZE + len(raw_name(i))) for i in infos])
+    return ZipLayout(prefix.decode("utf-8", "replace"), records, _check_metadata(fd, records, size, base))
 
 
-def _check_metadata(fd: int, records: dict[str, zipfile.ZipInfo], size: int) -> str:
+def _check_metadata(fd: FileRef, records: dict[str, zipfile.ZipInfo], size: int, base: int = 0) -> str:
     """Read the records torch reads before data.pkl, as torch does; returns the byte order."""
 
     def record(name: str) -> bytes | None:
         info = find(records, name)
-        return None if info is None else read_record(fd, info, MAX_METADATA_RECORD_BYTES, size)
+        return None if info is None else read_record(fd, info, MAX_METADATA_RECORD_BYTES, size, base)
 
     version = record(".data/version")
     if version is None:
@@ -244,17 +255,20 @@ def _check_metadata(fd: int, records: dict[str, zipfile.ZipInfo], size: int) -> 
     return byteorder.decode()
 
 
-def data_offset(fd: int, info: zipfile.ZipInfo, file_size: int) -> int:
+def data_offset(fd: FileRef, info: zipfile.ZipInfo, file_size: int, base: int = 0) -> int:
     """Where the member's data starts, as miniz computes it (after the local header's own name and
-    extra field); the local header must name the member as the central directory does."""
+    extra field); the local header must name the member as the central directory does.
+
+    ``base``: the absolute offset in ``fd`` of an archive embedded in a larger file (``info``'s
+    offsets are relative to it); the result is absolute, ``file_size`` the absolute end."""
     raw = raw_name(info)
-    head = os.pread(fd, _LOCAL_HEADER_SIZE + len(raw), info.header_offset)
+    head = pread(fd, _LOCAL_HEADER_SIZE + len(raw), base + info.header_offset)
     if len(head) < _LOCAL_HEADER_SIZE or head[:4] != _LOCAL_SIG:
         raise PinitError(f"zip member '{info.filename}' has a bad local header")
     name_len, extra_len = struct.unpack("<HH", head[26:30])
     if name_len != len(raw) or head[_LOCAL_HEADER_SIZE:] != raw:
         raise _hostile(f"the local header of member '{info.filename}' names another member")
-    start = info.header_offset + _LOCAL_HEADER_SIZE + name_len + extra_len
+    start = base + info.header_offset + _LOCAL_HEADER_SIZE + name_len + extra_len
     if start + info.compress_size > file_size:
         raise PinitError(f"zip member '{info.filename}' runs past the end of the file")
     if info.file_size and (info.external_attr & _DOS_DIRECTORY or raw.endswith(b"/")):
@@ -262,19 +276,21 @@ def data_offset(fd: int, info: zipfile.ZipInfo, file_size: int) -> int:
     return start
 
 
-def read_record(fd: int, info: zipfile.ZipInfo, limit: int, file_size: int | None = None) -> bytes:
+def read_record(fd: FileRef, info: zipfile.ZipInfo, limit: int, file_size: int | None = None, base: int = 0) -> bytes:
     """The member's bytes as torch's ``getRecord`` reads them, never more than ``limit`` bytes
-    inflated whatever the header says; refused when it holds more than ``limit``."""
+    inflated whatever the header says; refused when it holds more than ``limit``.
+
+    ``base``/``file_size``: see :func:`data_offset` (an archive embedded at ``base``)."""
     if info.file_size > limit:
         raise PinitError(
             f"zip member '{info.filename}' holds {info.file_size} bytes, more than the {limit} pinit reads"
         )
-    size = os.fstat(fd).st_size if file_size is None else file_size
-    start = data_offset(fd, info, size)
+    size = size_of(fd) if file_size is None else file_size
+    start = data_offset(fd, info, size, base)
     if not info.compress_size:
         return b""
     if info.compress_type == zipfile.ZIP_STORED:
-        data = os.pread(fd, info.file_size, start)
+        data = pread(fd, info.file_size, start)
         if len(data) != info.file_size:
             raise PinitError(f"zip member '{info.filename}' runs past the end of the file")
         return data
@@ -285,7 +301,7 @@ class InflatedReader:
     """A DEFLATE member's bytes, inflated in chunks from the file: never more than its stated size
     plus one byte, and an error unless it inflates to exactly that size (as miniz requires)."""
 
-    def __init__(self, fd: int, info: zipfile.ZipInfo, start: int) -> None:
+    def __init__(self, fd: FileRef, info: zipfile.ZipInfo, start: int) -> None:
         self.fd = fd
         self.info = info
         self.start = start
@@ -311,7 +327,7 @@ class InflatedReader:
         """Up to ``room`` more inflated bytes (b"" at the end of the stream)."""
         while not self._inflater.eof:
             if not self._pending and self._in_left:
-                chunk = os.pread(self.fd, min(self._in_left, _CHUNK), self._in_pos)
+                chunk = pread(self.fd, min(self._in_left, _CHUNK), self._in_pos)
                 if not chunk:
                     raise self._bad("runs past the end of the file")
                 self._in_pos += len(chunk)

@@ -1,0 +1,493 @@
+"""Remote checkpoints (SPEC section 1, remote row) and ``check --jobs``.
+
+Every server is started by these tests on 127.0.0.1 (tests/remote_servers.py): an HTTP server with
+range support that counts the bytes it served and injects faults, a stub of the Hugging Face Hub's
+tree and resolve URLs (``HF_ENDPOINT``), and moto's S3 server. Nothing reaches beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import math
+import os
+import pickle
+import shutil
+import struct
+import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import assert_one_error_line, run_cli
+from remote_servers import HubStub, RangeServer, moto_server
+
+BIG = 2 << 30  # "2 GB": a sparse file, its data all holes
+KB = 1 << 10
+MB = 1 << 20
+
+
+# --- fixtures: files built cheaply -----------------------------------------------------------------
+
+
+def _big_safetensors(path: Path) -> None:
+    """A 2 GB safetensors file: a real header, data left as holes (truncate)."""
+    n = (BIG - 4096) // 4
+    header = {
+        "__metadata__": {"format": "pt"},
+        "small": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+        "big": {"dtype": "F32", "shape": [n], "data_offsets": [16, 16 + 4 * n]},
+    }
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw + struct.pack("<4f", 1.0, 2.0, 3.0, 4.0))
+        f.truncate(8 + len(raw) + 16 + 4 * n)
+
+
+class _Storage:
+    def __init__(self, key: str, numel: int) -> None:
+        self.key, self.numel = key, numel
+
+
+class _Tensor:
+    """Pickles as torch.save pickles a float32 tensor (``_rebuild_tensor_v2`` of a persistent storage)."""
+
+    def __init__(self, key: str, shape: tuple[int, ...]) -> None:
+        self.storage = _Storage(key, math.prod(shape))
+        self.shape = shape
+
+    def __reduce__(self) -> Any:
+        strides = tuple(math.prod(self.shape[i + 1 :]) for i in range(len(self.shape)))
+        args = (self.storage, 0, self.shape, strides, False, collections.OrderedDict())
+        return (torch._utils._rebuild_tensor_v2, args)
+
+
+class _TorchPickler(pickle.Pickler):
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, _Storage):
+            return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+        return None
+
+
+def _zero_crc(n: int) -> int:
+    zeros, crc = bytes(64 * MB), 0
+    while n > 0:
+        crc = zlib.crc32(zeros[: min(n, len(zeros))], crc)
+        n -= len(zeros)
+    return crc
+
+
+def _big_torch_zip(path: Path) -> dict[str, torch.Tensor]:
+    """A 2 GB torch zip laid out as torch.save lays it out (STORED records, data 64-byte aligned),
+    its big record a hole; returns the small tensor's value."""
+    small = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    n = (BIG - 8192) // 4
+    buf = io.BytesIO()
+    _TorchPickler(buf, protocol=2).dump({"big": _Tensor("0", (n,)), "small": _Tensor("1", (3, 4))})
+    records: list[tuple[str, bytes | int]] = [
+        ("data.pkl", buf.getvalue()),
+        ("byteorder", b"little"),
+        ("data/0", 4 * n),  # a hole of this many bytes
+        ("data/1", small.numpy().tobytes()),
+        ("version", b"3\n"),
+    ]
+    central, pos = b"", 0
+    with open(path, "wb") as f:
+        for name, data in records:
+            full = f"big/{name}".encode()
+            size = data if isinstance(data, int) else len(data)
+            crc = _zero_crc(size) if isinstance(data, int) else zlib.crc32(data)
+            pad = -(pos + 30 + len(full) + 4) % 64
+            extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad
+            local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, crc, size, size, len(full), len(extra))
+            f.write(local + full + extra)
+            if isinstance(data, int):
+                f.seek(data, os.SEEK_CUR)
+            else:
+                f.write(data)
+            central += struct.pack(
+                "<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0, crc, size, size, len(full), 0, 0, 0, 0, 0, pos
+            )
+            central += full
+            pos = f.tell()
+        f.write(central)
+        f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(records), len(records), len(central), pos, 0))
+    return {"small": small}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("remote")
+    gen = torch.Generator().manual_seed(0)
+    save_file(
+        {
+            "w": torch.randn(700, 300, generator=gen),  # 840 KB
+            "h": torch.randn(64, 64, generator=gen).to(torch.float16),
+            "b": torch.randn(64, generator=gen).to(torch.bfloat16),
+            "i": torch.arange(100, dtype=torch.int32),
+        },
+        str(d / "model.safetensors"),
+    )
+    save_file({"big": torch.randn(5 * MB, generator=gen)}, str(d / "stream.safetensors"))  # 20 MB: 5 blocks
+    torch.save(
+        {"model": {"w": torch.randn(50, 40, generator=gen), "v": torch.randn(40, generator=gen)[::2]}, "epoch": 3},
+        d / "model.pt",
+    )
+    bad = torch.randn(10, 10, generator=gen)
+    bad[0, 0] = float("nan")
+    save_file({"bad": bad}, str(d / "nan.safetensors"))
+    shards = d / "sharded"
+    shards.mkdir()
+    save_file({"a": torch.randn(20, 20, generator=gen)}, str(shards / "model-00001-of-00002.safetensors"))
+    save_file({"b": torch.randn(30, generator=gen)}, str(shards / "model-00002-of-00002.safetensors"))
+    index = {
+        "metadata": {},
+        "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
+    }
+    (shards / "model.safetensors.index.json").write_text(json.dumps(index))
+    _big_safetensors(d / "big.safetensors")
+    _big_torch_zip(d / "big.pt")
+    return d
+
+
+@pytest.fixture(scope="module")
+def http(root: Path) -> Iterator[RangeServer]:
+    with RangeServer(root) as srv:
+        yield srv
+
+
+@pytest.fixture
+def srv(http: RangeServer) -> RangeServer:
+    http.reset()
+    return http
+
+
+def _json(*args: str | os.PathLike[str]) -> Any:
+    r = run_cli(*args)
+    assert r.exit_code == 0, (r.exit_code, r.stderr)
+    return r.json()
+
+
+def _without_path(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "path"}
+
+
+def _assert_stats_equal(remote: dict[str, Any], local: dict[str, Any]) -> None:
+    """The same tensors, flags and statistics; sums over floats may differ in the last bits (the local
+    file is reduced by one kernel call, the remote bytes chunk by chunk)."""
+    assert [t["name"] for t in remote["tensors"]] == [t["name"] for t in local["tensors"]]
+    for r, loc in zip(remote["tensors"], local["tensors"]):
+        assert {k: v for k, v in r.items() if k != "stats"} == {k: v for k, v in loc.items() if k != "stats"}
+        assert (r["stats"] is None) == (loc["stats"] is None)
+        for key, value in (loc["stats"] or {}).items():
+            if isinstance(value, float) and key in ("mean", "std"):
+                assert r["stats"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), (r["name"], key)
+            else:
+                assert r["stats"][key] == value, (r["name"], key)
+
+
+# --- header-only listing ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["big.safetensors", "big.pt"])
+def test_listing_a_2gb_remote_file_transfers_kilobytes(root: Path, srv: RangeServer, name: str) -> None:
+    local = _json("inspect", root / name, "--no-stats", "--format", "json")
+    remote = _json("inspect", f"{srv.url}/{name}", "--no-stats", "--format", "json")
+    assert remote["path"] == f"{srv.url}/{name}"
+    assert _without_path(remote) == _without_path(local)
+    assert max(t["nbytes"] for t in remote["tensors"]) > 2_000_000_000
+    assert 0 < srv.bytes_served < MB, srv.bytes_served
+    assert all(rng is None or int(rng.split("-")[1]) - int(rng[6:].split("-")[0]) < MB for _, _, rng in srv.requests)
+
+
+def test_big_torch_zip_is_what_torch_reads(root: Path) -> None:
+    """The hand-built 2 GB zip is a torch checkpoint: torch itself loads it (mmap: nothing read)."""
+    sd = torch.load(root / "big.pt", mmap=True, weights_only=True)
+    assert sd["big"].shape == ((BIG - 8192) // 4,)
+    assert torch.equal(sd["small"], torch.arange(12, dtype=torch.float32).reshape(3, 4))
+
+
+# --- statistics -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
+def test_remote_statistics_equal_local(root: Path, srv: RangeServer, name: str) -> None:
+    local = _json("inspect", root / name, "--format", "json")
+    remote = _json("inspect", f"{srv.url}/{name}", "--format", "json")
+    _assert_stats_equal(remote, local)
+    size = (root / name).stat().st_size
+    assert srv.bytes_served <= size + 64 * KB  # nothing read twice, nothing but the file
+
+
+def test_remote_statistics_against_torch(root: Path, srv: RangeServer) -> None:
+    from safetensors.torch import load_file
+
+    remote = _json("inspect", f"{srv.url}/model.safetensors", "--format", "json")
+    tensors = load_file(str(root / "model.safetensors"))
+    for t in remote["tensors"]:
+        ref = tensors[t["name"]].double()
+        assert t["stats"]["min"] == ref.min().item() and t["stats"]["max"] == ref.max().item()
+        assert t["stats"]["mean"] == pytest.approx(ref.mean().item(), rel=1e-6, abs=1e-9)
+
+
+def test_statistics_stream_ranges_with_several_in_flight(root: Path, srv: RangeServer) -> None:
+    srv.httpd.delay = 0.05  # each body waits: overlapping requests show as several active at once
+    local = _json("inspect", root / "stream.safetensors", "--format", "json")
+    remote = _json("inspect", f"{srv.url}/stream.safetensors", "--format", "json")
+    _assert_stats_equal(remote, local)
+    gets = [rng for method, _, rng in srv.requests if method == "GET" and rng]
+    sizes = [int(r.split("-")[1]) - int(r[6:].split("-")[0]) + 1 for r in gets]
+    assert max(sizes) <= 4 * MB  # ranges, never the whole 20 MB
+    assert srv.max_active >= 2, srv.max_active
+    assert srv.bytes_served <= (root / "stream.safetensors").stat().st_size + 64 * KB
+
+
+def test_remote_sharded_index_over_http(root: Path, srv: RangeServer) -> None:
+    local = _json("inspect", root / "sharded", "--format", "json")
+    remote = _json("inspect", f"{srv.url}/sharded/model.safetensors.index.json", "--format", "json")
+    assert remote["format"] == "sharded"
+    _assert_stats_equal(remote, local)
+
+
+# --- check and diff ---------------------------------------------------------------------------------
+
+
+def test_check_remote_exit_codes(srv: RangeServer) -> None:
+    assert run_cli("check", f"{srv.url}/model.safetensors").exit_code == 0
+    r = run_cli("check", f"{srv.url}/nan.safetensors", "--format", "json")
+    assert r.exit_code == 1
+    assert {f["code"] for f in r.json()["files"][0]["findings"]} >= {"nan"}
+    r = run_cli("check", f"{srv.url}/missing.safetensors", "--format", "json")
+    assert r.exit_code == 1
+    assert "not found (HTTP 404)" in r.json()["files"][0]["findings"][0]["message"]
+
+
+def test_diff_local_against_remote_is_equal(root: Path, srv: RangeServer) -> None:
+    r = run_cli("diff", root / "model.safetensors", f"{srv.url}/model.safetensors", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    doc = r.json()
+    assert len(doc["tensors"]) == 4 and {t["status"] for t in doc["tensors"]} == {"identical"}
+    r = run_cli("diff", root / "sharded", f"{srv.url}/nan.safetensors", "--format", "json")
+    assert "identical" not in {t["status"] for t in r.json()["tensors"]}
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+
+def test_404_and_403_give_distinct_one_line_errors(srv: RangeServer) -> None:
+    url = f"{srv.url}/model.safetensors"
+    srv.fault_always("/model.safetensors", "403")
+    denied = run_cli("inspect", url, "--no-stats")
+    srv.fault_always("/model.safetensors", "404")
+    missing = run_cli("inspect", url, "--no-stats")
+    for r in (denied, missing):
+        assert_one_error_line(r)
+        assert url in r.stderr
+    assert "access denied (HTTP 403" in denied.stderr
+    assert "not found (HTTP 404)" in missing.stderr
+
+
+def test_credentials_in_the_url_are_never_printed(srv: RangeServer) -> None:
+    url = srv.url.replace("http://", "http://alice:s3cr3t@") + "/missing.safetensors?token=t0k3n"
+    r = run_cli("inspect", url, "--no-stats")
+    assert_one_error_line(r)
+    assert "s3cr3t" not in r.stderr and "t0k3n" not in r.stderr and "alice" not in r.stderr
+    assert f"{srv.url}/missing.safetensors" in r.stderr
+
+
+def test_a_dropped_connection_is_retried(root: Path, srv: RangeServer) -> None:
+    srv.fault("/stream.safetensors", "drop", "drop")  # the first two bodies stop half way
+    local = _json("inspect", root / "stream.safetensors", "--format", "json")
+    remote = _json("inspect", f"{srv.url}/stream.safetensors", "--format", "json")
+    _assert_stats_equal(remote, local)
+
+
+def test_a_503_is_retried(root: Path, srv: RangeServer) -> None:
+    srv.fault("/model.safetensors", "503")
+    local = _json("inspect", root / "model.safetensors", "--no-stats", "--format", "json")
+    remote = _json("inspect", f"{srv.url}/model.safetensors", "--no-stats", "--format", "json")
+    assert _without_path(remote) == _without_path(local)
+
+
+def test_a_connection_that_always_drops_ends_in_one_error_line(srv: RangeServer) -> None:
+    srv.fault_always("/stream.safetensors", "drop")
+    r = run_cli("inspect", f"{srv.url}/stream.safetensors")
+    assert_one_error_line(r)
+    assert "connection dropped" in r.stderr and "after 3 tries" in r.stderr
+    assert f"{srv.url}/stream.safetensors" in r.stderr
+
+
+def test_a_server_ignoring_ranges_is_refused(srv: RangeServer) -> None:
+    srv.fault_always("/model.safetensors", "ignore-range")
+    r = run_cli("inspect", f"{srv.url}/model.safetensors", "--no-stats")
+    assert_one_error_line(r)
+    assert "ignores HTTP range requests" in r.stderr
+
+
+def test_timeout_option(srv: RangeServer) -> None:
+    srv.httpd.stall_s = 1.0
+    srv.fault_always("/model.safetensors", "stall")
+    r = run_cli("inspect", f"{srv.url}/model.safetensors", "--no-stats", "--timeout", "0.2")
+    assert_one_error_line(r)
+    assert "timed out after 0.2 s" in r.stderr
+
+
+def test_remote_reinit_needs_a_local_out(root: Path, srv: RangeServer, tmp_path: Path) -> None:
+    url = f"{srv.url}/model.safetensors"
+    r = run_cli("reinit", url, "--scheme", "zeros", "--match", "^w$")
+    assert_one_error_line(r)
+    assert "--out" in r.stderr
+    r = run_cli("reinit", root / "model.safetensors", "--scheme", "zeros", "--out", f"{srv.url}/x.safetensors")
+    assert_one_error_line(r)
+    out = tmp_path / "out.safetensors"
+    r = run_cli("reinit", url, "--scheme", "zeros", "--match", "^w$", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    from safetensors.torch import load_file
+
+    got, src = load_file(str(out)), load_file(str(root / "model.safetensors"))
+    assert torch.count_nonzero(got["w"]) == 0
+    assert all(torch.equal(got[k], src[k]) for k in ("h", "b", "i"))
+
+
+def test_without_the_remote_extra_one_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # import s3fs raises ImportError
+    r = run_cli("inspect", "s3://bucket/model.safetensors")
+    assert_one_error_line(r)
+    assert "pip install 'pinit[remote]'" in r.stderr
+
+
+# --- check --jobs -----------------------------------------------------------------------------------
+
+
+def test_check_jobs_gives_the_serial_report(root: Path, srv: RangeServer, tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(1)
+    for i in range(5):
+        t = torch.randn(40, 40, generator=gen)
+        if i % 2:
+            t[i, i] = float("inf")
+        save_file({"t": t, "z": torch.zeros(8)}, str(tmp_path / f"f{i}.safetensors"))
+    (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    args = ["check", tmp_path, root / "model.pt", f"{srv.url}/nan.safetensors", "--format", "json"]
+    serial = run_cli(*args, "--fail-on", "warning")
+    parallel = run_cli(*args, "--fail-on", "warning", "--jobs", "2")
+    assert parallel.exit_code == serial.exit_code == 1
+    assert parallel.json() == serial.json()
+    assert len(serial.json()["files"]) == 8
+
+
+# --- S3 (moto) ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3(root: Path) -> Iterator[str]:
+    pytest.importorskip("moto")
+    pytest.importorskip("s3fs")
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in [*env, "AWS_ENDPOINT_URL"]}
+    os.environ.update(env)
+    try:
+        with moto_server() as endpoint:
+            os.environ["AWS_ENDPOINT_URL"] = endpoint
+            import boto3
+
+            client = boto3.client("s3", endpoint_url=endpoint)
+            client.create_bucket(Bucket="ckpts")
+            for name in ("model.safetensors", "model.pt", "sharded/model.safetensors.index.json"):
+                client.upload_file(str(root / name), "ckpts", f"run/{name}")
+            for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+                client.upload_file(str(root / "sharded" / shard), "ckpts", f"run/sharded/{shard}")
+            yield "s3://ckpts/run"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.pt", "sharded"])
+def test_s3_equals_local(root: Path, s3: str, name: str) -> None:
+    local = _json("inspect", root / name, "--format", "json")
+    remote = _json("inspect", f"{s3}/{name}", "--format", "json")
+    _assert_stats_equal(remote, local)
+
+
+def test_s3_missing_key(s3: str) -> None:
+    r = run_cli("inspect", f"{s3}/nothing.safetensors")
+    assert_one_error_line(r)
+    assert f"{s3}/nothing.safetensors" in r.stderr and "not found (HTTP 404)" in r.stderr
+
+
+# --- Hugging Face Hub (a stub of HF_ENDPOINT) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hub(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubStub]:
+    pytest.importorskip("huggingface_hub")
+    base = tmp_path_factory.mktemp("hub")
+    shutil.copytree(root / "sharded", base / "org" / "sharded")
+    (base / "org" / "single").mkdir(parents=True)
+    shutil.copy(root / "model.safetensors", base / "org" / "single" / "model.safetensors")
+    (base / "org" / "single" / "README.md").write_text("a model card\n")
+    (base / "org" / "private").mkdir(parents=True)
+    shutil.copy(root / "model.pt", base / "org" / "private" / "pytorch_model.bin")
+    saved = {k: os.environ.get(k) for k in ("HF_ENDPOINT", "HF_TOKEN")}
+    with HubStub(base) as stub:
+        stub.make_private("org/private", "hf_right_token")
+        os.environ["HF_ENDPOINT"] = stub.url
+        os.environ.pop("HF_TOKEN", None)
+        try:
+            yield stub
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def test_hf_repository_is_read_as_a_sharded_checkpoint(root: Path, hub: HubStub) -> None:
+    local = _json("inspect", root / "sharded", "--format", "json")
+    remote = _json("inspect", "hf://org/sharded", "--format", "json")
+    assert remote["format"] == "sharded"
+    _assert_stats_equal(remote, local)
+    assert any(path.startswith("/api/models/org/sharded/tree/main") for _, path, _ in hub.requests)
+
+
+def test_hf_file_with_revision(root: Path, hub: HubStub) -> None:
+    local = _json("inspect", root / "model.safetensors", "--no-stats", "--format", "json")
+    for url in ("hf://org/single", "hf://org/single@main/model.safetensors"):
+        remote = _json("inspect", url, "--no-stats", "--format", "json")
+        assert _without_path(remote) == _without_path(local)
+
+
+def test_hf_private_repository_needs_the_token(root: Path, hub: HubStub, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "hf://org/private/pytorch_model.bin"
+    anonymous = run_cli("inspect", url, "--no-stats")
+    assert_one_error_line(anonymous)
+    assert "access denied (HTTP 401" in anonymous.stderr and url in anonymous.stderr
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong_token")
+    wrong = run_cli("inspect", url, "--no-stats")
+    assert_one_error_line(wrong)
+    assert "access denied (HTTP 403" in wrong.stderr and "hf_wrong_token" not in wrong.stderr
+    monkeypatch.setenv("HF_TOKEN", "hf_right_token")
+    local = _json("inspect", root / "model.pt", "--format", "json")
+    remote = _json("inspect", url, "--format", "json")
+    _assert_stats_equal(remote, local)
+
+
+def test_hf_missing_file_is_not_found(hub: HubStub) -> None:
+    r = run_cli("inspect", "hf://org/single/nothing.safetensors", "--no-stats")
+    assert_one_error_line(r)
+    assert "not found (HTTP 404)" in r.stderr and "hf://org/single/nothing.safetensors" in r.stderr
