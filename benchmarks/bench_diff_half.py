@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import struct
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import NAIVE_STATS, PINIT_STATS, PY, Case, describe_machine, run_rss
+from bench import NAIVE_STATS, PINIT_STATS, PY, Case, Run, describe_machine, run_rss
 
 NAIVE_DIFF = r"""
 import sys, time, torch
@@ -90,7 +92,7 @@ def layout(gb: float, dtype: str) -> list[tuple[str, str, tuple[int, ...]]]:
     item = 4 if dtype == "F32" else 2
     # elements: 232 d^2 (29 layers of 8 d^2) + 6203 d (embeddings, head, norms); solved for d
     a, b, n = 232.0, 6203.0, gb * 1e9 / item
-    d = max(64, int((-b + (b * b + 4 * a * n) ** 0.5) / (2 * a)) // 64 * 64)
+    d = max(64, round((-b + (b * b + 4 * a * n) ** 0.5) / (2 * a) / 64) * 64)
     t: list[tuple[str, str, tuple[int, ...]]] = [("embed.weight", dtype, (4096, d))]
     for i in range(29):
         p = f"layers.{i}."
@@ -116,6 +118,20 @@ def change_one_tensor(src: Path, dst: Path, name: str) -> None:
         f.write(x.astype("<f4").tobytes())
 
 
+@dataclass
+class Timed(Run):
+    cpu: float = 0.0  # user + system seconds of the process (less sensitive than wall time to neighbours)
+
+
+def run_timed(cmd: list[str]) -> Timed:
+    """bench.run_rss, plus the CPU time of the process (from the same wait4)."""
+    before = os.times()
+    r = run_rss(cmd)
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return Timed(r.wall, r.work, r.nbytes, r.rss_mb, cpu)
+
+
 def warm(*paths: Path) -> None:
     for p in paths:
         with open(p, "rb") as f:
@@ -135,6 +151,11 @@ def main() -> None:
 
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="pinit-bench-"))
     base.mkdir(parents=True, exist_ok=True)
+    # Every process finds its modules compiled, as after any install (some sandboxes set
+    # PYTHONDONTWRITEBYTECODE, which recompiles pinit's sources at each start: ~70 ms); the
+    # bytecode goes to a folder of its own, not into the source tree.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(base / "pycache")
     fa, fb, fc = base / "a_fp32.safetensors", base / "b_fp32.safetensors", base / "c_bf16.safetensors"
     try:
         if not (args.keep and fa.exists() and fb.exists() and fc.exists()):
@@ -142,13 +163,14 @@ def main() -> None:
             change_one_tensor(fa, fb, "layers.10.mlp.up.weight")
             write_safetensors(fc, layout(args.gb, "BF16"), seed=1)
         rows = measure(fa, fb, fc, args.repeats, not args.no_naive_stats)
+        machine = describe_machine()
     finally:
         if not args.keep:
             for p in (fa, fb, fc):
                 p.unlink(missing_ok=True)
+            shutil.rmtree(base / "pycache", ignore_errors=True)
             if not args.dir:
                 shutil.rmtree(base, ignore_errors=True)
-    machine = describe_machine()
     print(f"machine: {machine}; medians of {args.repeats} interleaved rounds; page cache warm")
     for r in rows:
         print(f"\n{r['case']}")
@@ -178,13 +200,19 @@ def measure(fa: Path, fb: Path, fc: Path, repeats: int, naive_stats: bool) -> li
             plan.append((f"naive stats {key}", (f,), [PY, "-c", NAIVE_STATS, str(f)]))
     for name, _, _ in plan:
         c[name] = Case(name)
+    for _, inputs, cmd in plan:  # a round not counted: bytecode compiled, files and libraries cached
+        warm(*inputs)
+        run_timed(cmd)
     for _ in range(repeats):
         for name, inputs, cmd in plan:
             warm(*inputs)
-            c[name].runs.append(run_rss(cmd))
+            c[name].runs.append(run_timed(cmd))
 
     def wall(name: str) -> float:
         return c[name].med("wall")
+
+    def cpu(*names: str) -> str:
+        return " / ".join(f"{c[n].med('cpu'):.3f}" for n in names)
 
     def spread(name: str) -> str:
         vals = sorted(r.wall for r in c[name].runs)
@@ -200,6 +228,7 @@ def measure(fa: Path, fb: Path, fc: Path, repeats: int, naive_stats: bool) -> li
             "pinit diff s (min..max)": spread("pinit diff"),
             "speedup vs naive (>= 4)": wall("naive diff") / wall("pinit diff"),
             "ratio to cat A B (<= 2)": wall("pinit diff") / wall("cat A B"),
+            "CPU s: cat A B / naive / pinit": cpu("cat A B", "naive diff", "pinit diff"),
             "naive peak RSS MB": c["naive diff"].med("rss_mb"),
             "pinit peak RSS MB": c["pinit diff"].med("rss_mb"),
         }
@@ -215,6 +244,7 @@ def measure(fa: Path, fb: Path, fc: Path, repeats: int, naive_stats: bool) -> li
             "pinit inspect s": wall(f"pinit inspect {key}"),
             "pinit inspect s (min..max)": spread(f"pinit inspect {key}"),
             "ratio to cat (<= 2)": wall(f"pinit inspect {key}") / wall(f"cat {key}"),
+            "CPU s: cat / pinit inspect": cpu(f"cat {key}", f"pinit inspect {key}"),
             "statistics work GB/s (in process)": rates[key],
             "pinit peak RSS MB": c[f"pinit inspect {key}"].med("rss_mb"),
         }

@@ -11,10 +11,12 @@
    one (``pread`` by the C kernel). The loopback server is Python: it shares the CPUs with pinit, so
    the remote figure is a lower bound of what a real server gives.
 2. ``pinit check DIR --format json`` over 20 safetensors files, serially and with ``--jobs 2``
-   (2 spawned worker processes; the reports are checked to be equal).
+   (2 spawned worker processes; the reports are checked to be equal); then the same 20 files as
+   URLs of the loopback server, each response delayed by ``--latency-ms`` (a distant server).
 
 Each measurement is a child process (``python -m pinit``); wall time from ``time.perf_counter``,
-the best of the rounds. Files are built in a temporary folder, deleted at the end.
+the best of the rounds; peak RSS from GNU ``time -f %M``, the largest seen. Files are built in a
+temporary folder, deleted at the end.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,12 +52,23 @@ def build_one(path: Path, nbytes: int) -> None:
             f.write(rng.standard_normal(min(step, n - start), dtype=np.float32).tobytes())
 
 
-def run(args: list[str]) -> tuple[float, str]:
+PEAK: dict[str, int] = {}  # the largest peak RSS (KiB) seen per command kind
+TIME = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time") else None)
+
+
+def run(args: list[str], kind: str = "") -> tuple[float, str]:
+    """Wall time and stdout of ``python -m pinit ARGS``; with ``kind``, its peak RSS into PEAK (from
+    GNU time's %M: a parent's own peak would show in os.wait4's, which Linux keeps across exec)."""
+    cmd = [PY, "-m", "pinit", *args]
+    if kind and TIME:
+        cmd = [TIME, "-f", "%M", *cmd]
     t = time.perf_counter()
-    p = subprocess.run([PY, "-m", "pinit", *args], capture_output=True, text=True, env=ENV)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     elapsed = time.perf_counter() - t
     if p.returncode not in (0, 1):
         raise SystemExit(f"pinit {' '.join(args)} failed ({p.returncode}): {p.stderr}")
+    if kind and TIME:
+        PEAK[kind] = max(PEAK.get(kind, 0), int(p.stderr.strip().splitlines()[-1]))
     return elapsed, p.stdout
 
 
@@ -64,6 +78,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=20, help="files for check --jobs")
     ap.add_argument("--file-mb", type=float, default=16.0, help="size of each of them in MiB")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--latency-ms", type=float, default=50.0, help="server delay per response (remote check)")
     a = ap.parse_args()
     from remote_servers import RangeServer
 
@@ -76,15 +91,23 @@ def main() -> None:
         files.mkdir()
         for i in range(a.files):
             build_one(files / f"f{i:02d}.safetensors", int(a.file_mb * (1 << 20)))
-        results: dict[str, list[float]] = {"local": [], "remote": [], "serial": [], "jobs2": []}
+        results: dict[str, list[float]] = {
+            "local": [],
+            "remote": [],
+            "serial": [],
+            "jobs2": [],
+            "rserial": [],
+            "rjobs2": [],
+        }
+        urls = [f"many/f{i:02d}.safetensors" for i in range(a.files)]
         with RangeServer(d) as srv:
             url = f"{srv.url}/big.safetensors"
             served = 0
             for _ in range(a.rounds):
-                t, local_out = run(["inspect", str(big), "--format", "json"])
+                t, local_out = run(["inspect", str(big), "--format", "json"], "local")
                 results["local"].append(t)
                 srv.reset()
-                t, remote_out = run(["inspect", url, "--format", "json"])
+                t, remote_out = run(["inspect", url, "--format", "json"], "remote")
                 results["remote"].append(t)
                 served = srv.bytes_served
                 lo, re_ = json.loads(local_out)["tensors"][0]["stats"], json.loads(remote_out)["tensors"][0]["stats"]
@@ -94,18 +117,32 @@ def main() -> None:
                 t, jobs_out = run(["check", str(files), "--format", "json", "--jobs", "2"])
                 results["jobs2"].append(t)
                 assert json.loads(serial_out) == json.loads(jobs_out)
+                srv.httpd.delay = a.latency_ms / 1000  # each response waits: a distant server
+                remote_files = [f"{srv.url}/{u}" for u in urls]
+                t, serial_out = run(["check", *remote_files, "--format", "json"])
+                results["rserial"].append(t)
+                t, jobs_out = run(["check", *remote_files, "--format", "json", "--jobs", "2"])
+                results["rjobs2"].append(t)
+                srv.httpd.delay = 0.0
+                assert json.loads(serial_out) == json.loads(jobs_out)
         best = {k: min(v) for k, v in results.items()}
         gib = size / (1 << 30)
         total_mb = a.files * a.file_mb
         print(f"statistics of one {gib:.2f} GiB float32 safetensors file (best of {a.rounds}):")
-        print(f"  local          {best['local']:6.2f} s  {gib / best['local'] * 1024:7.0f} MiB/s")
+        print(
+            f"  local          {best['local']:6.2f} s  {gib / best['local'] * 1024:7.0f} MiB/s"
+            f"  peak RSS {PEAK.get('local', 0) / 1024:.0f} MiB"
+        )
         print(
             f"  http loopback  {best['remote']:6.2f} s  {gib / best['remote'] * 1024:7.0f} MiB/s"
-            f"  (server sent {served / size:.3f}x the file)"
+            f"  peak RSS {PEAK.get('remote', 0) / 1024:.0f} MiB  (server sent {served / size:.3f}x the file)"
         )
         print(f"check of {a.files} files of {a.file_mb:g} MiB ({total_mb:.0f} MiB):")
         print(f"  serial         {best['serial']:6.2f} s")
         print(f"  --jobs 2       {best['jobs2']:6.2f} s  ({best['serial'] / best['jobs2']:.2f}x)")
+        print(f"the same {a.files} files over http loopback, {a.latency_ms:g} ms before each response:")
+        print(f"  serial         {best['rserial']:6.2f} s")
+        print(f"  --jobs 2       {best['rjobs2']:6.2f} s  ({best['rserial'] / best['rjobs2']:.2f}x)")
         print(f"(cpus: {os.cpu_count()})")
 
 

@@ -101,3 +101,26 @@ class Chatty(nn.Module):
         super().__init__()
         print("building Chatty...")
         self.fc = nn.Linear(2, 2)
+
+
+class TiedLM(nn.Module):
+    """An embedding tied to the output layer: both modules have a reset_parameters()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+        self.head = nn.Linear(8, 50, bias=False)
+        self.head.weight = self.emb.weight
+
+
+class Scratch(nn.Module):
+    """An initialized layer and a never-written scratch buffer that is not saved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("scratch", torch.full((64, 64), float("nan")), persistent=False)
+
+
+def lazy() -> nn.Module:
+    return nn.Sequential(nn.LazyLinear(3))

@@ -144,17 +144,35 @@ def test_whole_module_saved_with_protocol_1(tmp_path: Path) -> None:
     assert_lists_like_torch(inspect_json(path, "--values", "8"), sd)
 
 
-def test_tensor_attribute_outside_the_state_dict_is_not_passed(tmp_path: Path) -> None:
+def test_tensor_attribute_outside_the_state_dict_is_read_and_checked(tmp_path: Path) -> None:
     m = torch.nn.Linear(2, 2)
     m.mask = torch.full((2,), float("nan"))  # a plain attribute: torch.save keeps it, state_dict does not
+    m.anchors = {"small": torch.ones(3)}  # in a plain container too
     path = tmp_path / "attr.pt"
     torch.save(m, path)
     doc = inspect_json(path)
-    assert [t["name"] for t in doc["tensors"]] == list(m.state_dict())
-    cov = doc["summary"]["coverage"]
-    assert cov["tensors_found"] == 3 and cov["tensors_read"] == 2
-    assert any(u.startswith("mask:") for u in cov["uninterpreted"]), cov
-    assert check_json(path)["_exit"] == 1
+    # the state dict first, in its order, then the attributes, named by their attribute path
+    assert [t["name"] for t in doc["tensors"]] == [*m.state_dict(), "mask", "anchors.small"]
+    assert doc["summary"]["coverage"] == {"tensors_found": 4, "tensors_read": 4, "uninterpreted": []}
+    result = check_json(path)
+    assert result["_exit"] == 1
+    codes = {(f["code"], f.get("tensor")) for f in result["files"][0]["findings"]}
+    assert ("nan", "mask") in codes and "no_tensors" not in {c for c, _ in codes}, codes
+    healthy = tmp_path / "healthy.pt"
+    m.mask = torch.zeros(2)
+    torch.save(m, healthy)
+    assert check_json(healthy)["_exit"] == 0  # a healthy model with an attribute tensor passes
+
+
+def test_attribute_sharing_storage_with_a_parameter_is_tied(tmp_path: Path) -> None:
+    m = torch.nn.Linear(3, 3)
+    m.cache = m.weight.data  # the same storage as the parameter
+    path = tmp_path / "alias.pt"
+    torch.save(m, path)
+    before = path.read_bytes()
+    r = run_cli("reinit", path, "--match", "^weight$", "--scheme", "zeros")
+    assert r.exit_code == 2 and "cache" in r.stderr and "--with-tied" in r.stderr, r.stderr
+    assert path.read_bytes() == before
 
 
 # --- TorchScript archives ----------------------------------------------------------------------
@@ -232,16 +250,22 @@ def test_torchscript_archive_pinit_cannot_read_is_never_healthy(tmp_path: Path) 
     assert f["coverage"]["tensors_read"] == 0 and "TorchScript" in f["coverage"]["uninterpreted"][0]
 
 
-def test_module_holding_a_function_needs_it_allowed(tmp_path: Path) -> None:
+def test_module_holding_a_torch_function_as_a_value_is_read(tmp_path: Path) -> None:
     torch.manual_seed(0)
     path = tmp_path / "layer.pt"
     torch.save(torch.nn.TransformerEncoderLayer(8, 2, 16), path)  # keeps F.relu as an attribute
-    r = run_cli("inspect", path)
-    assert r.exit_code == 2 and "'torch.nn.functional.relu'" in r.stderr
-    assert "TransformerEncoderLayer" not in r.stderr  # the module classes themselves are read
     sd = torch.load(path, weights_only=False).state_dict()
-    doc = inspect_json(path, "--values", "8", "--allow-global", "torch.nn.functional.relu")
+    doc = inspect_json(path, "--values", "8")  # F.relu is an inert value, as the module classes are
     assert_lists_like_torch(doc, sd)
+
+
+def test_a_torch_function_that_is_called_is_still_refused(tmp_path: Path) -> None:
+    m = torch.nn.Linear(2, 2)
+    m.evil = Call(torch.nn.functional.relu, torch.ones(1))  # F.relu(...) run at load time
+    path = tmp_path / "called.pt"
+    torch.save(m, path)
+    r = run_cli("inspect", path)
+    assert r.exit_code == 2 and "'torch.nn.functional.relu'" in r.stderr, r.stderr
 
 
 def test_header_listing_of_both_imports_no_torch(tmp_path: Path, archive: Path) -> None:

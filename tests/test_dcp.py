@@ -454,3 +454,12 @@ def test_listing_and_statistics_do_not_import_torch(tmp_path: Path) -> None:
         doc, _, tail = p.stdout.rpartition("\nTORCH ")
         assert tail.strip() == "False", extra
         assert len(json.loads(doc)["tensors"]) == 8
+
+
+def test_one_distcp_file_says_to_pass_the_folder(tmp_path: Path) -> None:
+    folder = save_simple(tmp_path / "ck")
+    one = next(folder.glob("*.distcp"))
+    r = run_cli("check", one, "--format", "json")
+    assert r.exit_code == 1  # unreadable for check: a finding of that file
+    message = r.json()["files"][0]["findings"][0]["message"]
+    assert "pass the folder" in message and "hostile" not in message, message

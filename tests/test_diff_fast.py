@@ -212,3 +212,23 @@ def test_identical_files_read_no_tensor_twice(tmp_path: Path, path_kind: str) ->
         assert (t["max_abs_diff"], t["rel_l2_diff"], t["mismatched"], t["nan_mismatch"]) == (0.0, 0.0, 0, 0)
     assert math.isclose(doc["summary"]["identical"], len(sd))
     assert np.isfinite([t["max_abs_diff"] for t in doc["tensors"]]).all()
+
+
+def test_same_bytes_in_kernel(tmp_path: Path) -> None:
+    """The helper duplicate detection can use: True / False for tensors in files, None elsewhere."""
+    if not pinit.stats.kernel_available():
+        pytest.skip("pinit._kernel is not built")
+    from pinit.stats import same_bytes_in_kernel
+    from pinit.storage import MemoryStorage, TensorEntry
+
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(300, 400, generator=g)
+    other = w.clone()
+    other[-1, -1] += 1
+    a = save_checkpoint(tmp_path / "a.safetensors", {"w": w, "copy": w.clone(), "other": other})
+    with open_checkpoint(str(a)) as ck:
+        e = {t.name: t for t in ck.tensors}
+        assert same_bytes_in_kernel(e["w"], e["copy"]) is True
+        assert same_bytes_in_kernel(e["w"], e["other"]) is False
+        mem = TensorEntry("m", "float32", (300, 400), MemoryStorage(w.numpy().view(np.uint8).reshape(-1), key="m"))
+        assert same_bytes_in_kernel(e["w"], mem) is None

@@ -279,7 +279,8 @@ def numpy_diff(xa: np.ndarray, xb: np.ndarray, atol: float, rtol: float) -> Tens
     return d
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@pytest.mark.parametrize("isa", ISAS, ids=ISA_IDS)
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
 @given(
     n=st.integers(1, 3000),
     seed=st.integers(0, 2**32 - 1),
@@ -289,7 +290,7 @@ def numpy_diff(xa: np.ndarray, xb: np.ndarray, atol: float, rtol: float) -> Tens
     atol=st.sampled_from([0.0, 1e-3]),
     rtol=st.sampled_from([0.0, 1e-2]),
 )
-def test_diff_float_matches_the_numpy_path(n, seed, kind, changed, specials, atol, rtol):
+def test_diff_float_matches_the_numpy_path(isa, n, seed, kind, changed, specials, atol, rtol):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal(n)
     b = a.copy()
@@ -307,7 +308,7 @@ def test_diff_float_matches_the_numpy_path(n, seed, kind, changed, specials, ato
             ra, va = encode(a.astype(np.float32), kind)
             rb, vb = encode(b.astype(np.float32), kind)
         xa, xb = va.astype(np.float64), vb.astype(np.float64)
-    differ, max_abs, sq_diff, sq_a, mismatched, nan_a, nan_b, inf = kernel.diff_float(ra, rb, kind, atol, rtol)
+    differ, max_abs, sq_diff, sq_a, mismatched, nan_a, nan_b, inf = kernel.diff_float(ra, rb, kind, atol, rtol, isa)
     width = 8 if kind == F64 else 4 if kind == F32 else 2
     assert differ == int(np.count_nonzero(ra.view(f"V{width}") != rb.view(f"V{width}")))
     want = numpy_diff(xa, xb, atol, rtol)

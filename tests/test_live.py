@@ -418,3 +418,62 @@ def test_init_help_and_top_help_do_not_import_torch() -> None:
         r = run_probe(*args)
         assert r["code"] == 0, r["stderr"]
         assert r["torch"] == [], args
+
+
+# --- found by review -----------------------------------------------------------------------------
+
+
+def test_strip_prefix_compares_only_the_names_under_it(tmp_path: Path) -> None:
+    net = live_models.Net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    for p in net.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    path = tmp_path / "lit.ckpt"  # a Lightning-like checkpoint: the model's state under state_dict.model.
+    state = {f"model.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "optimizer_states": [opt.state_dict()], "epoch": 3}, path)
+    plain = run_cli("check", path, "--model", m("Net"), "--format", "json")
+    assert plain.exit_code == 1
+    findings = plain.json()["files"][0]["findings"]
+    prefix = [f for f in findings if f["code"] == "prefix_mismatch"]
+    assert len(prefix) == 1 and "--strip-prefix state_dict.model." in prefix[0]["message"], findings
+    # the finding explains the names: they are not listed one by one as missing or unexpected too
+    assert not [f for f in findings if f["code"] in ("missing", "unexpected")], findings
+    for given in ("state_dict.model.", "state_dict.model"):  # the trailing dot may be left out
+        r = run_cli("check", path, "--model", m("Net"), "--strip-prefix", given, "--format", "json")
+        assert r.exit_code == 0, (given, r.stdout)
+        assert not [f for f in r.json()["files"][0]["findings"] if f["code"] in CHECK_MODEL_CODES]
+
+
+CHECK_MODEL_CODES = ("missing", "unexpected", "shape_mismatch", "dtype_mismatch", "prefix_mismatch")
+
+
+def test_dtype_mismatch_against_a_model_is_a_warning(tmp_path: Path) -> None:
+    sd = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in live_models.Net().state_dict().items()}
+    path = tmp_path / "bf16.pt"
+    torch.save(sd, path)
+    live_models.Net().load_state_dict(torch.load(path, weights_only=True), strict=True)  # torch casts it
+    r = run_cli("check", path, "--model", m("Net"), "--format", "json")
+    assert r.exit_code == 0, r.stdout
+    codes = {(f["code"], f["severity"]) for f in r.json()["files"][0]["findings"]}
+    assert ("dtype_mismatch", "warning") in codes and ("dtype_mismatch", "error") not in codes, codes
+    assert run_cli("check", path, "--model", m("Net"), "--fail-on", "warning").exit_code == 1
+
+
+def test_default_init_names_a_tensor_two_modules_reset(tmp_path: Path) -> None:
+    r = run_cli("init", m("TiedLM"), "--out", tmp_path / "t.pt", "--seed", "0")
+    assert r.exit_code == 0, r.stderr
+    assert "head.weight is the same tensor as emb.weight" in r.stderr, r.stderr
+
+
+def test_init_does_not_judge_a_buffer_it_does_not_save(tmp_path: Path) -> None:
+    out = tmp_path / "s.pt"
+    r = run_cli("init", m("Scratch"), "--out", out, "--seed", "0")
+    assert r.exit_code == 0, r.stderr
+    assert list(torch.load(out, weights_only=True)) == ["lin.weight", "lin.bias"]
+
+
+def test_lazy_module_is_one_clear_error() -> None:
+    r = run_cli("inspect", "--model", m("lazy"))
+    assert_one_error_line(r)
+    assert "not materialized" in r.stderr and "forward pass" in r.stderr, r.stderr

@@ -15,6 +15,7 @@ import os
 import pickle
 import shutil
 import struct
+import subprocess
 import sys
 import zlib
 from collections.abc import Iterator
@@ -203,8 +204,44 @@ def test_listing_a_2gb_remote_file_transfers_kilobytes(root: Path, srv: RangeSer
     assert remote["path"] == f"{srv.url}/{name}"
     assert _without_path(remote) == _without_path(local)
     assert max(t["nbytes"] for t in remote["tensors"]) > 2_000_000_000
-    assert 0 < srv.bytes_served < MB, srv.bytes_served
-    assert all(rng is None or int(rng.split("-")[1]) - int(rng[6:].split("-")[0]) < MB for _, _, rng in srv.requests)
+    assert 0 < srv.bytes_served < 64 * KB, srv.bytes_served  # (the issue asks for under 1 MB)
+    for lo, hi in _tensor_data_spans(root / name):  # no request touched tensor data
+        for _, _, rng in srv.requests:
+            if rng is not None:
+                start, end = (int(x) for x in rng[len("bytes=") :].split("-"))
+                assert end < lo or start >= hi, (rng, lo, hi)
+
+
+def _tensor_data_spans(path: Path) -> list[tuple[int, int]]:
+    """Where the tensor bytes of a safetensors file or a torch zip lie (read by the standard library)."""
+    if path.suffix == ".safetensors":
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+        return [(8 + n, path.stat().st_size)]
+    import zipfile
+
+    spans = []
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
+        for info in zf.infolist():
+            if "/data/" in info.filename:
+                f.seek(info.header_offset + 26)
+                name_len, extra_len = struct.unpack("<HH", f.read(4))
+                start = info.header_offset + 30 + name_len + extra_len
+                spans.append((start, start + info.file_size))
+    return spans
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
+def test_remote_listing_never_imports_torch(srv: RangeServer, name: str) -> None:
+    code = (
+        "import sys\n"
+        "from pinit.cli import app\n"
+        "code = app(['inspect', sys.argv[1], '--no-stats', '--format', 'json'], standalone_mode=False)\n"
+        "print('torch' in sys.modules, code)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code, f"{srv.url}/{name}"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1] == "False 0"
 
 
 def test_big_torch_zip_is_what_torch_reads(root: Path) -> None:
@@ -300,13 +337,23 @@ def test_credentials_in_the_url_are_never_printed(srv: RangeServer) -> None:
     assert_one_error_line(r)
     assert "s3cr3t" not in r.stderr and "t0k3n" not in r.stderr and "alice" not in r.stderr
     assert f"{srv.url}/missing.safetensors" in r.stderr
+    good = srv.url.replace("http://", "http://alice:s3cr3t@") + "/model.safetensors?token=t0k3n"
+    for args in (["inspect", good], ["check", good, "--format", "json"], ["diff", good, good, "--format", "json"]):
+        r = run_cli(*args)
+        assert r.exit_code == 0, r.stderr
+        assert "s3cr3t" not in r.stdout + r.stderr and "t0k3n" not in r.stdout + r.stderr
+        assert f"{srv.url}/model.safetensors" in r.stdout
 
 
 def test_a_dropped_connection_is_retried(root: Path, srv: RangeServer) -> None:
-    srv.fault("/stream.safetensors", "drop", "drop")  # the first two bodies stop half way
+    # the HEAD, the format sniff and the header pass; the first two ranges of tensor data stop half way
+    srv.fault("/stream.safetensors", "pass", "pass", "pass", "drop", "drop")
     local = _json("inspect", root / "stream.safetensors", "--format", "json")
     remote = _json("inspect", f"{srv.url}/stream.safetensors", "--format", "json")
     _assert_stats_equal(remote, local)
+    assert not srv.httpd.faults["/stream.safetensors"]  # both drops happened
+    size = (root / "stream.safetensors").stat().st_size
+    assert size + 4 * MB <= srv.bytes_served <= size + 4 * MB + 64 * KB  # two half blocks (of 4 MiB) sent twice
 
 
 def test_a_503_is_retried(root: Path, srv: RangeServer) -> None:
@@ -356,17 +403,62 @@ def test_remote_reinit_needs_a_local_out(root: Path, srv: RangeServer, tmp_path:
     assert all(torch.equal(got[k], src[k]) for k in ("h", "b", "i"))
 
 
-def test_without_the_remote_extra_one_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "s3fs", None)  # import s3fs raises ImportError
-    r = run_cli("inspect", "s3://bucket/model.safetensors")
+@pytest.mark.parametrize(
+    ("module", "url"),
+    [
+        ("s3fs", "s3://bucket/model.safetensors"),
+        ("gcsfs", "gs://bucket/m.safetensors"),
+        ("huggingface_hub", "hf://org/repo"),
+    ],
+)
+def test_without_the_remote_extra_one_error_line(monkeypatch: pytest.MonkeyPatch, module: str, url: str) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # importing it raises ImportError
+    r = run_cli("inspect", url)
     assert_one_error_line(r)
-    assert "pip install 'pinit[remote]'" in r.stderr
+    assert "pip install 'pinit[remote]'" in r.stderr and url in r.stderr
+
+
+def test_cache_dir_reuses_ranges_while_the_file_is_unchanged(root: Path, srv: RangeServer, tmp_path: Path) -> None:
+    src = tmp_path / "served"
+    src.mkdir()
+    shutil.copy(root / "model.safetensors", src / "m.safetensors")
+    cache = tmp_path / "cache"
+    with RangeServer(src) as own:
+        url = f"{own.url}/m.safetensors"
+        first = _json("inspect", url, "--format", "json", "--cache", cache)
+        assert own.bytes_served >= (src / "m.safetensors").stat().st_size
+        own.reset()
+        again = _json("inspect", url, "--format", "json", "--cache", cache)
+        assert again == first
+        assert own.bytes_served == 0 and {m for m, _, _ in own.requests} == {"HEAD"}
+        without = _json("inspect", url, "--format", "json")  # no --cache: read again, nothing kept
+        assert without == first and own.bytes_served > 0
+        from safetensors.torch import load_file
+
+        changed = {k: v + 1 if v.is_floating_point() else v for k, v in load_file(str(src / "m.safetensors")).items()}
+        save_file(changed, str(src / "m.safetensors"))  # same size, new content and Last-Modified
+        own.reset()
+        after = _json("inspect", url, "--format", "json", "--cache", cache)
+        assert after != first and own.bytes_served > 0
+    assert run_cli("inspect", url, "--cache", root / "model.safetensors").exit_code == 2  # not a folder
 
 
 # --- check --jobs -----------------------------------------------------------------------------------
 
 
-def test_check_jobs_gives_the_serial_report(root: Path, srv: RangeServer, tmp_path: Path) -> None:
+def test_check_jobs_gives_the_serial_report(
+    root: Path, srv: RangeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pinit.check
+
+    pools: list[int] = []
+    real = pinit.check._check_in_processes
+
+    def spy(files: list[str], *args: Any) -> Any:
+        pools.append(len(files))
+        return real(files, *args)
+
+    monkeypatch.setattr(pinit.check, "_check_in_processes", spy)
     gen = torch.Generator().manual_seed(1)
     for i in range(5):
         t = torch.randn(40, 40, generator=gen)
@@ -380,6 +472,7 @@ def test_check_jobs_gives_the_serial_report(root: Path, srv: RangeServer, tmp_pa
     assert parallel.exit_code == serial.exit_code == 1
     assert parallel.json() == serial.json()
     assert len(serial.json()["files"]) == 8
+    assert pools == [8]  # --jobs 2 ran in worker processes, serial did not
 
 
 # --- S3 (moto) ----------------------------------------------------------------------------------------
@@ -491,3 +584,69 @@ def test_hf_missing_file_is_not_found(hub: HubStub) -> None:
     r = run_cli("inspect", "hf://org/single/nothing.safetensors", "--no-stats")
     assert_one_error_line(r)
     assert "not found (HTTP 404)" in r.stderr and "hf://org/single/nothing.safetensors" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "repo_type", "repo", "revision", "path"),
+    [
+        ("hf://org/repo", "model", "org/repo", "main", ""),
+        ("hf://org/repo@v1.0/sub/model.safetensors", "model", "org/repo", "v1.0", "sub/model.safetensors"),
+        ("hf://org/repo@refs/pr/3/model.safetensors", "model", "org/repo", "refs/pr/3", "model.safetensors"),
+        ("hf://datasets/org/data/x.pt", "dataset", "org/data", "main", "x.pt"),
+    ],
+)
+def test_hf_paths(url: str, repo_type: str, repo: str, revision: str, path: str) -> None:
+    from pinit.remote import HfLocation
+
+    loc = HfLocation.parse(url)
+    assert (loc.repo_type, loc.repo, loc.revision, loc.path) == (repo_type, repo, revision, path)
+
+
+def test_a_bad_hf_path_is_one_error_line() -> None:
+    r = run_cli("inspect", "hf://just-a-name")
+    assert_one_error_line(r)
+    assert "hf://ORG/REPO" in r.stderr
+
+
+def test_check_finds_each_checkpoint_of_a_remote_prefix(s3: str, root: Path) -> None:
+    bucket = s3.split("/")[2]
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    for name in ("model.safetensors", "nan.safetensors"):
+        client.upload_file(str(root / name), bucket, f"many/{name}")
+    r = run_cli("check", f"s3://{bucket}/many", "--format", "json")
+    assert r.exit_code == 1
+    files = r.json()["files"]
+    assert [f["path"] for f in files] == [
+        f"s3://{bucket}/many/model.safetensors",
+        f"s3://{bucket}/many/nan.safetensors",
+    ]
+    assert [bool(f["findings"]) for f in files] == [False, True]
+
+
+def test_remote_torch_zip_reinit_writes_safetensors_only(root: Path, srv: RangeServer, tmp_path: Path) -> None:
+    url = f"{srv.url}/model.pt"
+    r = run_cli("reinit", url, "--scheme", "zeros", "--match", "w$", "--out", tmp_path / "out.pt")
+    assert_one_error_line(r)
+    assert "safetensors only" in r.stderr and not (tmp_path / "out.pt").exists()
+    r = run_cli("reinit", url, "--scheme", "zeros", "--match", "w$", "--out", tmp_path / "out.safetensors")
+    assert r.exit_code == 0, r.stderr
+    from safetensors.torch import load_file
+
+    got = load_file(str(tmp_path / "out.safetensors"))
+    src = torch.load(root / "model.pt", weights_only=True)["model"]
+    assert torch.count_nonzero(got["model.w"]) == 0
+    assert torch.equal(got["model.v"], src["v"])
+
+
+def test_check_jobs_with_a_reference(root: Path, tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(2)
+    for i in range(3):
+        shapes = {"w": (4, 4), "b": (4,)} if i != 1 else {"w": (4, 5), "extra": (2,)}
+        save_file({k: torch.randn(*v, generator=gen) for k, v in shapes.items()}, str(tmp_path / f"r{i}.safetensors"))
+    args = ["check", tmp_path, "--reference", tmp_path / "r0.safetensors", "--format", "json"]
+    serial, parallel = run_cli(*args), run_cli(*args, "--jobs", "3")
+    assert serial.exit_code == parallel.exit_code == 1
+    assert parallel.json() == serial.json()
+    assert any(f["findings"] for f in serial.json()["files"])

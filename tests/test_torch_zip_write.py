@@ -402,3 +402,11 @@ def test_zip64_local_offset_of_a_central_entry(big_sizes: bool) -> None:
     extra = struct.pack("<HH", 0x7075, 3) + b"abc" + struct.pack("<HH", 1, len(fields) + 8) + fields
     extra += struct.pack("<Q", (9 << 32) + 17)
     assert zip_patch._local_offset(bytes(entry), extra) == (9 << 32) + 17
+
+
+def test_unsafe_pickle_rewrite_warns_that_locations_are_not_kept(tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    torch.save({"w": torch.ones(2, 2)}, path)
+    r = run_cli("reinit", path, "--match", "w", "--scheme", "zeros", "--unsafe-pickle")
+    assert r.exit_code == 0, r.stderr
+    assert "storage locations such as cuda:0 become cpu" in r.stderr, r.stderr

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -236,8 +236,10 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
     """Files, folders (searched for checkpoints; a sharded checkpoint counts once) and globs."""
     out: list[str] = []
     for p in paths:
-        if is_url(p):  # a remote file, index or folder: one checkpoint (pinit.remote)
-            out.append(p)
+        if is_url(p):  # a remote file, index or folder (pinit.remote)
+            from pinit.remote import expand
+
+            out.extend(expand(p))
         elif not os.path.exists(p) and glob.has_magic(p):
             matches = sorted(glob.glob(p, recursive=True))
             if not matches:
@@ -351,55 +353,75 @@ def detect_prefix(names: Sequence[str], model_names: Sequence[str]) -> tuple[str
 def compare_model(entries: Sequence[Any], model: Checkpoint, strip_prefix: str | None, selector: Any) -> list[Finding]:
     """What ``model.load_state_dict(sd, strict=True)`` would refuse, from names, shapes and dtypes
     only (the file's tensor data is not read): the codes of --reference, ``missing`` meaning
-    "the model has it, the file does not". ``strip_prefix`` is removed from the file's names that
-    start with it first (as ``torch.nn.modules.utils.consume_prefix_in_state_dict_if_present``).
-    A name the model ties to another (the same parameter twice) is not missing when the file has
-    the other: safetensors' ``save_model`` stores one of them, and ``load_model`` restores both.
-    When some prefix of the file's names would make them fit, one ``prefix_mismatch`` says which."""
-    from pinit.live import state_entries, tied_aliases
-
-    renamed = []
-    for e in entries:
-        if strip_prefix and e.name.startswith(strip_prefix):
-            e = _Renamed(e.name[len(strip_prefix) :], e.dtype, tuple(e.shape))
-        renamed.append(e)
-    have = {e.name for e in renamed}
-    aliases = tied_aliases(model)
-    ref = [
-        r
-        for r in state_entries(model)
-        if selector(r.name) and (r.name in have or not any(a in have for a in aliases.get(r.name, ())))
-    ]
-    out = compare_reference(renamed, ref, "model")
-    found = detect_prefix([e.name for e in renamed], [r.name for r in ref])
-    if found is not None:
-        prefix, hits = found
-        out.insert(
-            0,
-            Finding(
-                "prefix_mismatch",
-                ERROR,
-                f"{hits} of the file's {len(renamed)} tensor names fit the model once the prefix '{prefix}' is "
-                f"removed; rerun with --strip-prefix {prefix} (and strip it when loading: "
-                f"torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(sd, '{prefix}'))",
-            ),
-        )
-    else:  # the other way round: the file holds the state of one of the model's submodules
-        found = detect_prefix([r.name for r in ref], [e.name for e in renamed])
-        if found is not None and found[1] == len(renamed):
-            prefix, hits = found
-            sub = prefix[:-1]
+    "the model has it, the file does not". ``load_state_dict`` casts a tensor of another dtype
+    (``copy_``), so ``dtype_mismatch`` is a warning here. With ``strip_prefix`` only the file's
+    names under that prefix are compared, without it (what ``model.load_state_dict`` of
+    ``ckpt["state_dict"]`` stripped of ``"model."`` sees; optimizer state and the rest are left
+    out). A name the model ties to another (the same parameter twice) is not missing when the
+    file has the other: safetensors' ``save_model`` stores one of them, and ``load_model``
+    restores both. When some prefix of the file's names would make them fit, one
+    ``prefix_mismatch`` says which, followed by what would still not fit once it is stripped
+    (not by every name it explains). Tensors a pickled model keeps as plain attributes are not
+    in its state dict and are left out."""
+    entries = [e for e in entries if not getattr(e, "extra", {}).get("attribute")]
+    if strip_prefix:
+        prefix = strip_prefix if strip_prefix.endswith(".") else strip_prefix + "."
+        entries = [_Renamed(e.name[len(prefix) :], e.dtype, e.shape) for e in entries if e.name.startswith(prefix)]
+        if not entries:
+            return [Finding("prefix_mismatch", ERROR, f"no tensor name of the file starts with '{prefix}'")]
+    found = detect_prefix([e.name for e in entries], [r.name for r in _model_entries(model, entries, selector)])
+    if found is None:
+        out = _compare_to_model(entries, model, selector)
+        sub = detect_prefix([r.name for r in _model_entries(model, entries, selector)], [e.name for e in entries])
+        if sub is not None and sub[1] == len(entries):  # the file holds the state of one of the submodules
+            name = sub[0][:-1]
             out.insert(
                 0,
                 Finding(
                     "prefix_mismatch",
                     ERROR,
-                    f"all {hits} of the file's tensor names are the model's names without the prefix '{prefix}': "
-                    f"the file holds the state of the submodule '{sub}' (load it with "
-                    f"model.get_submodule('{sub}').load_state_dict(sd))",
+                    f"all {sub[1]} of the file's tensor names are the model's names without the prefix '{sub[0]}': "
+                    f"the file holds the state of the submodule '{name}' (load it with "
+                    f"model.get_submodule('{name}').load_state_dict(sd))",
                 ),
             )
-    return out
+        return out
+    prefix, hits = found
+    stripped = [_Renamed(e.name[len(prefix) :], e.dtype, tuple(e.shape)) for e in entries if e.name.startswith(prefix)]
+    rest = _compare_to_model(stripped, model, selector)
+    again = f"--strip-prefix {(strip_prefix or '').rstrip('.') + '.' if strip_prefix else ''}{prefix}"
+    return [
+        Finding(
+            "prefix_mismatch",
+            ERROR,
+            f"{hits} of the file's {len(entries)} tensor names fit the model once the prefix '{prefix}' is removed: "
+            f"rerun with {again} (and load only the tensors under that prefix, without it)"
+            + (f"; even then {len(rest)} finding(s) remain, listed here" if rest else "; then every name fits"),
+        ),
+        *rest,
+    ]
+
+
+def _model_entries(model: Checkpoint, entries: Sequence[Any], selector: Any) -> list[Any]:
+    from pinit.live import state_entries, tied_aliases
+
+    have = {e.name for e in entries}
+    aliases = tied_aliases(model)
+    return [
+        r
+        for r in state_entries(model)
+        if selector(r.name) and (r.name in have or not any(a in have for a in aliases.get(r.name, ())))
+    ]
+
+
+def _compare_to_model(entries: Sequence[Any], model: Checkpoint, selector: Any) -> list[Finding]:
+    out = compare_reference(entries, _model_entries(model, entries, selector), "model")
+    return [  # load_state_dict copies a tensor of another dtype into the parameter, casting it
+        replace(f, severity=WARNING, message=f"{f.message} (load_state_dict casts it to the model's dtype)")
+        if f.code == "dtype_mismatch"
+        else f
+        for f in out
+    ]
 
 
 @dataclass(frozen=True)
@@ -457,7 +479,7 @@ def run_check(
     sizes = [_disk_bytes(f) for f in files] if progress is not None else [0] * len(files)
     try:
         with progress(sum(sizes)) if progress is not None else nullcontext() as advance:
-            if jobs > 1 and len(files) > 1 and _picklable(settings, load_options):
+            if jobs > 1 and len(files) > 1 and settings.model is None and _picklable(settings, load_options):
                 results = _check_in_processes(files, sizes, settings, load_options, jobs, advance)
             else:
                 for path, size in zip(files, sizes):
@@ -477,19 +499,24 @@ def _check_file(
     reference: Checkpoint | None,
     progress: Callable[[int], None] | None,
 ) -> FileResult:
+    shown = path
+    if is_url(path):  # never the user info or query of a URL (credentials)
+        from pinit.remote import redact
+
+        shown = redact(path)
     try:
         with open_checkpoint(path, load_options) as ckpt:
             findings = check_checkpoint(ckpt, settings, reference, progress)
-            return FileResult(path, ckpt.format, len(ckpt.tensors), findings, settings.fail_on, ckpt.coverage)
+            return FileResult(shown, ckpt.format, len(ckpt.tensors), findings, settings.fail_on, ckpt.coverage)
     except PinitError as e:
         refused = tuple(e.globals) if isinstance(e, UnsafeGlobalError) else ()
         finding = Finding("unreadable", settings.severity("unreadable"), e.message, None, refused)
         kept = [finding] if finding.severity != "off" else []
-        return FileResult(path, None, 0, kept, settings.fail_on)
+        return FileResult(shown, None, 0, kept, settings.fail_on)
 
 
 def _picklable(*objs: Any) -> bool:
-    """Whether the settings can go to worker processes (a live --model may not: then one process)."""
+    """Whether the settings can go to worker processes (else the files are checked in this one)."""
     import pickle
 
     try:

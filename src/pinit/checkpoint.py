@@ -256,6 +256,10 @@ def _open_folder(folder: Path, options: LoadOptions) -> Checkpoint:
 
 
 def _open_file(path: str, options: LoadOptions) -> Checkpoint:
+    if path.endswith(".distcp") and (Path(path).parent / ".metadata").is_file():
+        raise PinitError(
+            "one data file of a torch.distributed.checkpoint folder: pass the folder (or its .metadata)", path
+        )
     return open_file_ref(path, open_regular(path, "checkpoint"), options)
 
 

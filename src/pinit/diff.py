@@ -6,16 +6,17 @@ import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from pinit import dtypes, stats
 from pinit.checkpoint import Checkpoint
 from pinit.errors import PinitError
 from pinit.grouping import storage_groups
 from pinit.selection import Selector
-from pinit.storage import CHUNK_BYTES, FileStorage, TensorEntry
+from pinit.storage import CHUNK_BYTES, TensorEntry
+
+if TYPE_CHECKING:  # numpy is imported where values are decoded in Python (not for bytes the kernel compares)
+    import numpy as np
 
 STATUSES = ("identical", "within_tolerance", "changed", "shape_changed", "dtype_changed", "only_in_a", "only_in_b")
 SAME = ("identical", "within_tolerance")
@@ -184,14 +185,6 @@ BATCH_BYTES = 16 << 20
 BATCH_TENSORS = 1024
 
 
-def _file_region(e: TensorEntry) -> tuple[int, int] | None:
-    """(fd, offset) of a contiguous tensor's bytes in a file, or None (another storage, a view)."""
-    s = e.storage
-    if type(s) is not FileStorage or not e.is_contiguous:  # not a subclass: it may read otherwise
-        return None
-    return s.fd, s.offset + e.offset * e.dt.itemsize
-
-
 class _ByteCompare:
     """Whether tensors of one name, dtype and shape hold equal bytes, decided up front by the C
     kernel for those that lie contiguously in files (``files_equal``: both regions read with pread
@@ -200,7 +193,7 @@ class _ByteCompare:
     (a fine-tune touches few tensors): such a pair needs no decoding at all."""
 
     def __init__(self, in_a: dict[str, TensorEntry], in_b: dict[str, TensorEntry], threads: int) -> None:
-        self._where: dict[str, int] = {}
+        self._where: dict[str, tuple[int, int]] = {}  # name -> (batch, position in it)
         self._futures: list[Future[list[bool | None]]] = []
         self._pool: ThreadPoolExecutor | None = None
         files_equal = getattr(_kernel(), "files_equal", None)
@@ -212,20 +205,15 @@ class _ByteCompare:
             eb = in_b.get(name)
             if eb is None or ea.dtype != eb.dtype or ea.shape != eb.shape or ea.nbytes == 0:
                 continue
-            ra, rb = _file_region(ea), _file_region(eb)
+            ra, rb = stats.file_region(ea), stats.file_region(eb)
             if ra is None or rb is None:
                 continue
             if not batches or size + ea.nbytes > BATCH_BYTES or len(batches[-1]) >= BATCH_TENSORS:
                 batches.append([])
                 size = 0
-            self._where[name] = len(batches) - 1
+            self._where[name] = (len(batches) - 1, len(batches[-1]))
             batches[-1].append((*ra, *rb, ea.nbytes))
             size += ea.nbytes
-        self._index = {name: 0 for name in self._where}
-        counts: dict[int, int] = {}
-        for name, i in self._where.items():
-            self._index[name] = counts.get(i, 0)
-            counts[i] = self._index[name] + 1
 
         def run(batch: list[tuple[int, int, int, int, int]]) -> list[bool | None]:
             out: list[bool | None] = []
@@ -246,8 +234,9 @@ class _ByteCompare:
                 self._futures.append(f)
 
     def result(self, name: str) -> bool | None:
-        i = self._where.get(name)
-        return None if i is None else self._futures[i].result()[self._index[name]]
+        """True: equal bytes; False: they differ; None: not compared here."""
+        where = self._where.get(name)
+        return None if where is None else self._futures[where[0]].result()[where[1]]
 
     def __enter__(self) -> _ByteCompare:
         return self
@@ -294,12 +283,30 @@ class _Acc:
     inf: int = 0
     exact: bool = True  # every value equal (bytes equal, for one dtype)
 
+    def add_kernel(self, part: tuple[int, float, float, float, int, int, int, int]) -> None:
+        """Add what the C kernel's diff_float or files_diff found (the same quantities as
+        :meth:`only_a` or :meth:`values` and :meth:`close` together)."""
+        differ, max_abs, sq_diff, sq_a, mismatched, nan_a, nan_b, inf = part
+        self.sq_a += sq_a
+        if differ:
+            self.exact = False
+            self.max_abs = max(self.max_abs, max_abs)
+            self.sq_diff += sq_diff
+            self.mismatched += mismatched
+            self.nan_a += nan_a
+            self.nan_b += nan_b
+            self.inf += inf
+
     def only_a(self, xa: np.ndarray) -> None:
         """A chunk whose values are equal on both sides: only ``||a||`` grows."""
+        import numpy as np
+
         fa = _finite_or_zero(xa)
         self.sq_a += float(np.dot(fa, fa))
 
     def values(self, xa: np.ndarray, xb: np.ndarray) -> None:
+        import numpy as np
+
         both = np.isfinite(xa) & np.isfinite(xb)
         diff = np.abs(xa[both] - xb[both])
         if diff.size:
@@ -313,6 +320,8 @@ class _Acc:
         self.inf += int(np.count_nonzero(~(na | nb) & (np.isinf(xa) | np.isinf(xb)) & (xa != xb)))
 
     def close(self, xa: np.ndarray, xb: np.ndarray, atol: float, rtol: float) -> None:
+        import numpy as np
+
         ok = np.isclose(xa, xb, rtol=rtol, atol=atol, equal_nan=True)
         self.mismatched += int(ok.size - np.count_nonzero(ok))
 
@@ -359,20 +368,25 @@ def _same_dtype(
     dt = ea.dt
     kernel = _kernel()
     kind = _KERNEL_KINDS.get(dt.name) if kernel is not None else None
+    if kind is not None and hasattr(kernel, "files_diff"):
+        ra, rb = stats.file_region(ea), stats.file_region(eb)
+        if ra is not None and rb is not None:  # both files read by the kernel itself: no Python per chunk
+            try:
+                part = kernel.files_diff(*ra, *rb, ea.nbytes, kind, atol, rtol)
+            except (OSError, EOFError):  # compared again chunk by chunk, which reports it
+                part = None
+            if part is not None:
+                acc.add_kernel(part)
+                if progress is not None:
+                    progress(ea.nbytes)
+                return
+    import numpy as np
+
     for ca, cb in zip(ea.iter_bytes(), eb.iter_bytes(), strict=True):
         if progress is not None:
             progress(ca.size)
         if kind is not None:  # one pass in C, numpy's semantics (see _Acc)
-            differ, max_abs, sq_diff, sq_a, mismatched, nan_a, nan_b, inf = kernel.diff_float(ca, cb, kind, atol, rtol)
-            acc.sq_a += sq_a
-            if differ:
-                acc.exact = False
-                acc.max_abs = max(acc.max_abs, max_abs)
-                acc.sq_diff += sq_diff
-                acc.mismatched += mismatched
-                acc.nan_a += nan_a
-                acc.nan_b += nan_b
-                acc.inf += inf
+            acc.add_kernel(kernel.diff_float(ca, cb, kind, atol, rtol))
             continue
         if kernel.bytes_equal(ca, cb) if kernel is not None else np.array_equal(ca, cb):
             acc.only_a(_decode(ca, dt))
@@ -399,6 +413,8 @@ def _upcast(
     """Two dtypes of one kind: both sides streamed in chunks of the same number of elements
     (so of different byte sizes), decoded to float64 and compared there; integers without a
     tolerance are compared exactly in their own types (float64 would round beyond 2**53)."""
+    import numpy as np
+
     da, db = ea.dt, eb.dt
     per_chunk = max(1, CHUNK_BYTES // max(da.itemsize, db.itemsize))
     chunks_a = ea.iter_bytes(per_chunk * da.itemsize)
@@ -423,6 +439,8 @@ def _upcast(
 
 def _int_equal(ca: np.ndarray, da: dtypes.DType, cb: np.ndarray, db: dtypes.DType) -> np.ndarray:
     """Element-wise exact equality of two integer chunks of different types."""
+    import numpy as np
+
     na, nb = dtypes.numpy_dtype(da.name), dtypes.numpy_dtype(db.name)
     assert na is not None and nb is not None
     xa, xb = ca.view(na), cb.view(nb)
@@ -434,10 +452,14 @@ def _int_equal(ca: np.ndarray, da: dtypes.DType, cb: np.ndarray, db: dtypes.DTyp
 
 
 def _finite_or_zero(x: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     return np.where(np.isfinite(x), x, 0.0)
 
 
 def _decode(raw: np.ndarray, dt: dtypes.DType) -> np.ndarray:
+    import numpy as np
+
     if dt.kind == "float":
         return dtypes.decode_float(raw, dt.name).astype(np.float64)
     npdt = dtypes.numpy_dtype(dt.name)

@@ -9,6 +9,7 @@ not a tensor is a leaf that is kept on write-back but not listed.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ class Leaf:
     name: str
     path: tuple[PathKey, ...]
     value: Any
+    attribute: bool = False  # kept as a plain attribute of a pickled module: outside its state_dict
 
 
 def _key_text(key: PathKey) -> str:
@@ -62,17 +64,22 @@ def iter_tensors(obj: Any, is_tensor: Callable[[Any], bool]) -> Iterator[Leaf]:
                 "(shared references; a hostile or broken file)"
             )
 
-    def walk(node: Any, path: tuple[PathKey, ...], prefix: str) -> Iterator[Leaf]:
+    def walk(node: Any, path: tuple[PathKey, ...], prefix: str, attribute: bool) -> Iterator[Leaf]:
         if is_tensor(node):
             count(node, prefix)
-            yield Leaf(prefix, path, node)
+            yield Leaf(prefix, path, node, attribute)
             return
         if isinstance(node, Mapping):
-            items: Iterator[tuple[PathKey, Any]] = iter(node.items())
+            items: Iterator[tuple[PathKey, Any, bool]] = ((k, v, attribute) for k, v in node.items())
         elif isinstance(node, (list, tuple)):
-            items = iter(enumerate(node))
+            items = ((i, v, attribute) for i, v in enumerate(node))
         elif isinstance(node, ModulePlaceholder) and node.module_items() is not None:
-            items = iter(node.module_items() or ())  # state_dict order: parameters, buffers, children
+            # state_dict order (parameters, buffers, children), then the tensors the module keeps
+            # as plain attributes (anchors, masks, TorchScript constants): read and checked too,
+            # marked as outside the state dict
+            state = ((k, v, attribute) for k, v in node.module_items() or ())
+            extra = ((k, v, True) for k, v in node.module_extra())
+            items = itertools.chain(state, extra)
         else:
             return
         if len(path) >= MAX_DEPTH:
@@ -85,9 +92,9 @@ def iter_tensors(obj: Any, is_tensor: Callable[[Any], bool]) -> Iterator[Leaf]:
         count(node, prefix)
         on_path.add(node_id)
         found = False
-        for key, child in items:
+        for key, child, attr in items:
             text = _key_text(key)
-            for leaf in walk(child, (*path, key), f"{prefix}.{text}" if prefix else text):
+            for leaf in walk(child, (*path, key), f"{prefix}.{text}" if prefix else text, attr):
                 found = True
                 yield leaf
         on_path.discard(node_id)
@@ -98,7 +105,7 @@ def iter_tensors(obj: Any, is_tensor: Callable[[Any], bool]) -> Iterator[Leaf]:
         # A bare tensor saved on its own: it has no key, so it is named "tensor".
         yield Leaf("tensor", (), obj)
         return
-    yield from walk(obj, (), "")
+    yield from walk(obj, (), "", False)
 
 
 def flatten(obj: Any, is_tensor: Callable[[Any], bool]) -> list[Leaf]:

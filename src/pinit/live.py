@@ -190,7 +190,10 @@ class _NoData(Storage):
         self.name = name
 
     def read_into(self, start: int, out: np.ndarray) -> None:
-        raise PinitError(f"tensor '{self.name}' is on the meta device: it holds no values (use --no-stats)")
+        raise PinitError(
+            f"tensor '{self.name}' is on the meta device: it holds no values (inspect --no-stats lists it; "
+            "build the model on a real device to read or save values)"
+        )
 
 
 @dataclass
@@ -239,6 +242,11 @@ def model_checkpoint(spec: ModelSpec, module: torch.nn.Module | None = None) -> 
     storages: dict[Any, Storage] = {}
     entries: list[TensorEntry] = []
     for i, (name, t) in enumerate(tensors.items()):
+        if isinstance(t, torch.nn.parameter.UninitializedTensorMixin):
+            raise PinitError(
+                f"model '{spec.shown}': tensor '{name}' is not materialized yet (a lazy module such as "
+                "nn.LazyLinear): run one forward pass in your factory before returning the model"
+            )
         if t.layout != torch.strided or t.is_quantized:
             raise PinitError(f"model '{spec.shown}': tensor '{name}' is a {t.layout} / quantized tensor, not supported")
         dtype = str(t.dtype).removeprefix("torch.")
@@ -354,18 +362,32 @@ def seeded_build(spec: ModelSpec, seed: int) -> torch.nn.Module:
         return build_model(spec)
 
 
-def reset_default(module: torch.nn.Module, seed: int, spec: ModelSpec) -> tuple[list[str], list[str]]:
+def reset_default(module: torch.nn.Module, seed: int, spec: ModelSpec) -> tuple[list[str], list[str], list[str]]:
     """``reset_parameters()`` of every module that has one (see the module doc for the seeding);
-    returns the modules reset and the modules that hold tensors of their own but have none."""
+    returns the modules reset, the modules that hold tensors of their own but have none, and a
+    note for each tensor that two modules reset (tied weights: the later module's values stay)."""
     import torch
 
     from pinit.reinitialize import derive_seed
 
     done: list[str] = []
     without: list[str] = []
+    twice: list[str] = []
+    reset_by: dict[int, str] = {}  # id of a parameter or buffer -> "module.name" that reset it first
     for name, m in module.named_modules():
         reset = getattr(m, "reset_parameters", None)
         if callable(reset):
+            for pname, p in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
+                full = f"{name}.{pname}" if name else pname
+                if p is None:
+                    continue
+                if id(p) in reset_by:
+                    twice.append(
+                        f"{full} is the same tensor as {reset_by[id(p)]}: reset by both modules, "
+                        f"{name or '(root)'}'s reset_parameters() (the later one) decides its values"
+                    )
+                else:
+                    reset_by[id(p)] = full
             try:
                 with torch.random.fork_rng(), torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
                     torch.manual_seed(derive_seed(seed, name))
@@ -380,7 +402,7 @@ def reset_default(module: torch.nn.Module, seed: int, spec: ModelSpec) -> tuple[
             b is not None for _, b in m.named_buffers(recurse=False)
         ):
             without.append(name)
-    return done, without
+    return done, without, twice
 
 
 def _module_of(name: str) -> str:
@@ -433,8 +455,9 @@ def init_model(
     initialized: list[dict[str, Any]] = []
     without: list[str] = []
     covered: set[str] = set()
+    twice: list[str] = []
     if default:
-        done, without = reset_default(module, seed, spec)
+        done, without, twice = reset_default(module, seed, spec)
         initialized = [{"name": n, "how": "reset_parameters()"} for n in done]
         done_set = set(done)
         ckpt = model_checkpoint(spec, module)
@@ -462,11 +485,14 @@ def init_model(
     not_covered = [e.name for e in ckpt.tensors if e.name not in covered and e.name in set(ckpt.source.state_names)]
     flags = assess(ckpt.tensors, DEFAULT_MAX_ABS).flags
     bad = []
+    saved = set(ckpt.source.state_names)  # a non-persistent buffer is not saved: not judged either
     for e in ckpt.tensors:
         codes = {f.code for f in flags[e.name]}
-        if codes & set(UNINITIALIZED_CODES) or (e.name in not_covered and codes & {"all_zero", "huge"}):
+        if e.name in saved and (
+            codes & set(UNINITIALIZED_CODES) or (e.name in not_covered and codes & {"all_zero", "huge"})
+        ):
             bad.append(e.name)
-    warnings: list[str] = []
+    warnings: list[str] = list(twice)
     if without:
         warnings.append(
             "modules without reset_parameters() (their tensors keep what __init__ gave them): "
@@ -555,7 +581,7 @@ def save_state_dict(
                 out,
             )
         aliases.update({m.name: whole[0] for m in group.members if m.name != whole[0]})
-    metadata = dict(aliases)
+    metadata = {"format": "pt", **aliases}  # "format": what transformers expects, as reinit adds it
     if provenance is not None:
         metadata["pinit"] = provenance
     tensors = [

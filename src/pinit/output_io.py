@@ -238,15 +238,20 @@ def _write_as_safetensors(
 
 
 def non_tensor_names(ckpt: Checkpoint) -> list[str]:
-    """Flat names of the non-tensor content of a torch checkpoint's object tree.
+    """Flat names of the non-tensor content of a checkpoint's object tree (a torch pickle, a
+    pickled model's attributes, DCP's non-tensor values), and a TorchScript archive's code.
 
-    A container holding no tensor at all is named once, as a whole.
+    A container holding no tensor at all is named once, as a whole. Of a pickled module's own
+    attributes only the public ones are named (``width``, ``label``; not ``training`` nor the
+    ``_forward_hooks`` bookkeeping every module carries).
     """
+    from pinit.formats.torch_zip import ModulePlaceholder
+
     tree = ckpt.source.tree
+    names: list[str] = ["TorchScript code (code/)"] if ckpt.format == "torchscript" else []
     if tree is None:
-        return []
+        return names
     tensor_names = {e.name for e in ckpt.tensors}
-    names: list[str] = []
 
     def holds_tensor(prefix: str) -> bool:
         return any(n == prefix or n.startswith(prefix + ".") for n in tensor_names) if prefix else bool(tensor_names)
@@ -261,6 +266,8 @@ def non_tensor_names(ckpt: Checkpoint) -> list[str]:
             items: Any = node.items()
         elif isinstance(node, (list, tuple)):
             items = enumerate(node)
+        elif isinstance(node, ModulePlaceholder) and node.module_items() is not None:
+            items = [*(node.module_items() or ()), *((k, v) for k, v in node.module_extra() if _public(k))]
         else:
             return
         for k, v in items:
@@ -268,6 +275,10 @@ def non_tensor_names(ckpt: Checkpoint) -> list[str]:
 
     walk(tree, "")
     return names
+
+
+def _public(attribute: Any) -> bool:
+    return isinstance(attribute, str) and not attribute.startswith("_") and attribute != "training"
 
 
 def _some(names: Sequence[str], n: int = 8) -> str:
@@ -294,6 +305,11 @@ def _save_torch_tree(
     if isinstance(values, PendingValues):
         values = values.get()
     tree = ckpt.source.tree
+    if not getattr(ckpt.source, "legacy", False):  # a zip torch.load itself read (--unsafe-pickle, ...)
+        warnings.append(
+            "written again by torch.save (the file was loaded by torch itself): storage locations such as "
+            "cuda:0 become cpu and the record prefix becomes 'archive/'"
+        )
     tensors = {leaf.name: leaf.value for leaf in flatten(tree, torch_load.is_torch_tensor)}
     with torch.no_grad():
         for name, raw in values.items():

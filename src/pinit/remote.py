@@ -7,7 +7,8 @@ transferred: for a listing the safetensors length and JSON header, or a torch zi
 central directory and ``data.pkl``; tensor data is streamed in blocks of :data:`BLOCK_BYTES`, with
 :data:`AHEAD_BLOCKS` more requested ahead while one is consumed (several requests in flight), and
 at most :data:`KEEP_BLOCKS` blocks held per file and :data:`READING_FILES` files holding blocks
-(memory stays bounded). Nothing is downloaded whole and nothing is cached on disk.
+(memory stays bounded). Nothing is downloaded whole, and nothing is kept on disk unless ``--cache DIR``
+(:class:`CachedBackend`: each range read, reused while the file's size and ETag/Last-Modified stay).
 
 Transports:
 
@@ -30,6 +31,7 @@ import http.client
 import io
 import json
 import os
+import queue
 import socket
 import ssl
 import threading
@@ -37,7 +39,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
@@ -54,15 +56,22 @@ EXTRA_HINT = "pip install 'pinit[remote]'"
 
 BLOCK_BYTES = 4 << 20  # one ranged request of tensor data
 AHEAD_BLOCKS = 3  # requested ahead of the block being read
-KEEP_BLOCKS = 6  # blocks (done or in flight) held per file, least recently used dropped first
-READING_FILES = 4  # files holding blocks at once (the others' are dropped): at most 96 MiB in all
+KEEP_BLOCKS = 8  # blocks (done or in flight) held per file (two readers, each 1 + AHEAD_BLOCKS), LRU dropped
+READING_FILES = 4  # files holding blocks at once (the others' are dropped): at most 128 MiB in all
 POOL_THREADS = 8
 TRIES = 3
 BACKOFF_S = 0.25
 MAX_REDIRECTS = 8
 DEFAULT_TIMEOUT_S = 60.0
 MAX_LISTING = 100_000
+# The first bytes, read once and kept: the format sniff, then the safetensors header length. No
+# more: a listing never transfers tensor data (a wider window would save a round trip, not bytes).
+HEAD_WINDOW = 16
+# The last bytes: a zip's end record (without a comment) and the zip64 locator before it, where
+# zipfile and pinit both look (central directory bytes, never tensor data).
+TAIL_WINDOW = 22 + 20
 MAX_PREFETCHED = 100_000  # small reads requested ahead (a torch zip's local headers)
+MAX_PARALLEL_SHARDS = 10_000  # shards of an index prepared ahead (size and head asked for at once)
 
 T = TypeVar("T")
 
@@ -72,14 +81,22 @@ class Settings:
     timeout: float = DEFAULT_TIMEOUT_S
     tries: int = TRIES
     backoff: float = BACKOFF_S
+    cache: str | None = None  # --cache DIR: ranges read are kept there (CachedBackend)
 
 
 settings = Settings()
 
 
-def configure(timeout: float | None = None, reset: bool = False) -> None:
+def configure(timeout: float | None = None, reset: bool = False, cache: str | None = None) -> None:
     """Set the timeout of every remote request (seconds) for what follows (the CLI's ``--timeout``);
-    without one, ``PINIT_TIMEOUT`` when set, else (``reset``) the default."""
+    without one, ``PINIT_TIMEOUT`` when set, else (``reset``) the default. ``cache``: the folder of
+    ``--cache`` (``reset`` without one: no cache)."""
+    if cache is not None:
+        if os.path.exists(cache) and not os.path.isdir(cache):
+            raise PinitError("--cache must name a folder", cache)
+        settings.cache = os.path.abspath(cache)
+    elif reset:
+        settings.cache = None
     env = os.environ.get("PINIT_TIMEOUT", "").strip()
     if timeout is None and reset and not env:
         timeout = DEFAULT_TIMEOUT_S
@@ -168,6 +185,10 @@ class Backend:
     def size(self) -> int:
         raise NotImplementedError
 
+    def validator(self) -> str:
+        """What changes when the file changes (ETag, Last-Modified), or "" where none is known."""
+        return ""
+
     def fetch(self, start: int, end: int) -> bytes:
         """The bytes ``[start, end)`` exactly (fewer only at the end of the file)."""
         raise NotImplementedError
@@ -182,10 +203,23 @@ class HttpBackend(Backend):
         self.headers = dict(headers or {})
         self.display = display or redact(url)
         self._origin = urlsplit(url).netloc
+        userinfo = self._origin.rpartition("@")[0]
+        if userinfo and "Authorization" not in self.headers:  # https://USER:PASSWORD@HOST/...: basic auth
+            import base64
+            from urllib.parse import unquote
+
+            user, _, password = userinfo.partition(":")
+            pair = f"{unquote(user)}:{unquote(password)}".encode()
+            self.headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         self._local = threading.local()
         self._final: str | None = None  # where redirects led (reused: one round trip per read)
         self._size: int | None = None
+        self._validator = ""
         self.requests = 0
+
+    def validator(self) -> str:
+        self.size()
+        return self._validator
 
     def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         conns: dict[tuple[str, str], http.client.HTTPConnection] = self._local.__dict__.setdefault("conns", {})
@@ -245,6 +279,7 @@ class HttpBackend(Backend):
     def _size_once(self) -> int:
         resp, scheme, netloc = self._request("HEAD", {"Accept-Encoding": "identity"})
         resp.read()
+        self._validator = _validator_of(resp)
         if resp.status < 300:
             length = resp.getheader("Content-Length")
             if length is not None and length.strip().isdigit():
@@ -255,6 +290,7 @@ class HttpBackend(Backend):
         resp, scheme, netloc = self._request("GET", {"Range": "bytes=0-0", "Accept-Encoding": "identity"})
         try:
             if resp.status == 206:
+                self._validator = _validator_of(resp)
                 total = (resp.getheader("Content-Range") or "").rpartition("/")[2]
                 if total.isdigit():
                     resp.read()
@@ -278,6 +314,8 @@ class HttpBackend(Backend):
             "GET", {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
         )
         try:
+            if resp.status == 200 and start == 0 and end == self._size:  # the whole file asked for
+                return _body(resp, end)
             if resp.status == 200:
                 raise PinitError(
                     "the server ignores HTTP range requests (it answered 200 to a Range request); "
@@ -292,16 +330,21 @@ class HttpBackend(Backend):
                 raise PinitError(
                     f"the server answered the range {start}-{end - 1} with {span or 'no range'}", self.display
                 )
-            try:
-                data = resp.read()
-            except (OSError, http.client.HTTPException) as e:
-                raise _network_error(e) from None
-            if len(data) != end - start and len(data) != int(span.split("-")[1]) - start + 1:
-                raise _Transient("connection dropped in the middle of a response")
-            return data
+            return _body(resp, end - start)
         except BaseException:
             self._drop(scheme, netloc)  # the body may be unread: the connection cannot be reused
             raise
+
+
+def _body(resp: http.client.HTTPResponse, n: int) -> bytes:
+    """The response's body, which must be ``n`` bytes (fewer: the connection dropped)."""
+    try:
+        data = resp.read()
+    except (OSError, http.client.HTTPException) as e:
+        raise _network_error(e) from None
+    if len(data) != n:
+        raise _Transient("connection dropped in the middle of a response")
+    return data
 
 
 class FsspecBackend(Backend):
@@ -310,6 +353,7 @@ class FsspecBackend(Backend):
     def __init__(self, fs: Any, path: str, display: str, size: int | None = None) -> None:
         self.fs, self.path, self.display = fs, path, display
         self._size = size
+        self._validator = ""
 
     def size(self) -> int:
         if self._size is None:
@@ -317,7 +361,13 @@ class FsspecBackend(Backend):
             if info.get("type") == "directory":
                 raise PinitError("is a folder (prefix), not a file", self.display)
             self._size = int(info["size"])
+            keys = ("ETag", "etag", "generation", "LastModified", "updated", "mtime")
+            self._validator = "|".join(str(info.get(k, "")) for k in keys)
         return self._size
+
+    def validator(self) -> str:
+        self.size()
+        return self._validator
 
     def fetch(self, start: int, end: int) -> bytes:
         if end <= start:
@@ -326,6 +376,63 @@ class FsspecBackend(Backend):
             lambda: _fs_call(lambda: self.fs.cat_file(self.path, start=start, end=end), self.display), self.display
         )
         return data
+
+
+def _validator_of(resp: http.client.HTTPResponse) -> str:
+    etag = resp.getheader("X-Linked-Etag") or resp.getheader("ETag") or ""
+    return f"{etag}|{resp.getheader('Last-Modified') or ''}"
+
+
+class CachedBackend(Backend):
+    """``--cache DIR``: each range read is kept in ``DIR`` (one file per range, named by a hash
+    of the URL, the file's size and validator, and the range) and read from there next time."""
+
+    def __init__(self, inner: Backend, folder: str) -> None:
+        self.inner, self.folder, self.display = inner, folder, inner.display
+        self.hits = 0
+
+    def size(self) -> int:
+        return self.inner.size()
+
+    def validator(self) -> str:
+        return self.inner.validator()
+
+    def _path(self, start: int, end: int) -> str:
+        import hashlib
+
+        ident = f"{self.inner.display}\0{self.size()}\0{self.validator()}\0{start}-{end}"
+        digest = hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()
+        return os.path.join(self.folder, digest[:2], digest)
+
+    def fetch(self, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        path = self._path(start, end)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(end - start + 1)
+            if len(data) == end - start:
+                self.hits += 1
+                return data
+        except OSError:
+            pass
+        data = self.inner.fetch(start, end)
+        if len(data) == end - start:
+            _cache_write(path, data)
+        return data
+
+
+def _cache_write(path: str, data: bytes) -> None:
+    from pinit.writers import atomic_file
+
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_file(path) as fd:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+    except (OSError, PinitError) as e:
+        raise PinitError(f"cannot write the cache ({getattr(e, 'strerror', None) or e})", path) from None
 
 
 def _fs_call(what: Callable[[], T], url: str) -> T:
@@ -510,7 +617,6 @@ class FsspecLocation(Location):
         self.scheme, self.path = scheme, path.strip("/")
         self.url = f"{scheme}://{self.path}"
         self._fs = fs
-        self._sizes: dict[str, int] = {}
 
     @property
     def fs(self) -> Any:
@@ -583,15 +689,46 @@ def _suffixes() -> tuple[str, ...]:
 
 # --- the file ------------------------------------------------------------------------------------
 
-_pool: ThreadPoolExecutor | None = None
+
+class _Pool:
+    """Worker threads for the requests made ahead. Daemon threads, unlike ``ThreadPoolExecutor``'s:
+    a command that ends (an error, a selection read) does not wait for reads nobody needs."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads, self.started = threads, 0
+        self.queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        fut: Future[T] = Future()
+        self.queue.put((fut, fn, args))
+        with self.lock:
+            if self.started < self.threads:
+                self.started += 1
+                threading.Thread(target=self._work, name=f"pinit-remote-{self.started}", daemon=True).start()
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            fut, fn, args = self.queue.get()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:
+                fut.set_exception(e)
+            del fut, fn, args
+
+
+_pool: _Pool | None = None
 _pool_lock = threading.Lock()
 
 
-def _executor() -> ThreadPoolExecutor:
+def _executor() -> _Pool:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="pinit-remote")
+            _pool = _Pool(POOL_THREADS)
         return _pool
 
 
@@ -605,6 +742,7 @@ class RemoteFile:
         self.size = backend.size()
         self._blocks: OrderedDict[int, Future[bytes]] = OrderedDict()
         self._small: dict[tuple[int, int], Future[bytes]] = {}  # prefetched header reads
+        self._windows: dict[tuple[int, int], Future[bytes]] = {}  # the head and tail windows
         self._lock = threading.Lock()
         self.closed = False
 
@@ -616,7 +754,40 @@ class RemoteFile:
             ahead = self._small.pop((offset, n), None)
         if ahead is not None:
             return ahead.result()
+        window = self._window(offset, end)
+        if window is not None:
+            lo, data = window
+            return data[offset - lo : end - lo]
         return self.backend.fetch(offset, end)
+
+    def _window(self, offset: int, end: int) -> tuple[int, bytes] | None:
+        """The file's first :data:`HEAD_WINDOW` or last :data:`TAIL_WINDOW` bytes, read once whole
+        when a read falls inside them (the format sniff and the safetensors header length; a zip's
+        end records and central directory, where zipfile and pinit both look: one round trip
+        instead of several), else None."""
+        for lo, hi in ((0, min(self.size, HEAD_WINDOW)), (max(0, self.size - TAIL_WINDOW), self.size)):
+            if lo <= offset and end <= hi:
+                with self._lock:
+                    fut = self._windows.get((lo, hi))
+                    if fut is None:
+                        fut = self._windows[(lo, hi)] = _executor().submit(self.backend.fetch, lo, hi)
+                try:
+                    return lo, fut.result()
+                except BaseException:
+                    with self._lock:
+                        self._windows.pop((lo, hi), None)
+                    raise
+        return None
+
+    def warm_head(self) -> None:
+        """Read the head window now, in this thread (a worker preparing a shard: never waiting on
+        another worker)."""
+        hi = min(self.size, HEAD_WINDOW)
+        if hi > 0:
+            fut: Future[bytes] = Future()
+            fut.set_result(self.backend.fetch(0, hi))
+            with self._lock:
+                self._windows.setdefault((0, hi), fut)
 
     def prefetch(self, reads: list[tuple[int, int]]) -> None:
         """Request these small ``(offset, n)`` reads now, several at once (a torch zip's local
@@ -641,27 +812,30 @@ class RemoteFile:
             n = min(len(block) - lo, len(out) - done)
             if n <= 0:
                 raise PinitError("file ended inside tensor data (truncated?)", self.url)
-            out[done : done + n] = block[lo : lo + n]
+            out[done : done + n] = memoryview(block)[lo : lo + n]
             done += n
 
     def _block(self, index: int, limit: int) -> bytes:
         _note_reading(self)
-        with self._lock:
-            wanted = self._schedule(index)
-            last = min(limit, self.size)
-            for ahead in range(index + 1, index + 1 + AHEAD_BLOCKS):
-                if ahead * BLOCK_BYTES >= last:
-                    break
-                self._schedule(ahead)
-            while len(self._blocks) > KEEP_BLOCKS:
-                self._blocks.popitem(last=False)
-        try:
-            return wanted.result()
-        except BaseException:
+        while True:
             with self._lock:
-                if self._blocks.get(index) is wanted:
-                    del self._blocks[index]  # a failed block is asked again by the next read
-            raise
+                wanted = self._schedule(index)
+                last = min(limit, self.size)
+                for ahead in range(index + 1, index + 1 + AHEAD_BLOCKS):
+                    if ahead * BLOCK_BYTES >= last:
+                        break
+                    self._schedule(ahead)
+                while len(self._blocks) > KEEP_BLOCKS:
+                    self._blocks.popitem(last=False)[1].cancel()  # not started yet: never sent
+            try:
+                return wanted.result()
+            except CancelledError:  # dropped before it was sent (another reader's blocks came after)
+                continue
+            except BaseException:
+                with self._lock:
+                    if self._blocks.get(index) is wanted:
+                        del self._blocks[index]  # a failed block is asked again by the next read
+                raise
 
     def _schedule(self, index: int) -> Future[bytes]:
         fut = self._blocks.get(index)
@@ -679,8 +853,11 @@ class RemoteFile:
     def close(self) -> None:
         self.closed = True
         with self._lock:
+            for fut in [*self._blocks.values(), *self._small.values(), *self._windows.values()]:
+                fut.cancel()  # not started yet: never sent
             self._blocks.clear()
             self._small.clear()
+            self._windows.clear()
 
 
 _reading: OrderedDict[int, weakref.ref[RemoteFile]] = OrderedDict()  # files holding blocks, oldest first
@@ -700,6 +877,8 @@ def _note_reading(rf: RemoteFile) -> None:
                 drop.append(other)
     for other in drop:
         with other._lock:
+            for fut in other._blocks.values():
+                fut.cancel()
             other._blocks.clear()
 
 
@@ -758,7 +937,10 @@ class RangeStorage(Storage):
 
 
 def open_file(loc: Location) -> RemoteFile:
-    return RemoteFile(loc.file())
+    backend = loc.file()
+    if settings.cache is not None:
+        backend = CachedBackend(backend, settings.cache)
+    return RemoteFile(backend)
 
 
 def read_small(loc: Location, limit: int, what: str) -> bytes:
@@ -771,10 +953,18 @@ def read_small(loc: Location, limit: int, what: str) -> bytes:
 def open_remote(url: str, options: LoadOptions) -> Checkpoint:
     """Open the remote checkpoint ``url``: a file, an index (a sharded checkpoint), or a folder
     (repository, prefix) holding one index or one checkpoint file, as a local folder is read."""
+    configure()
+    try:
+        return _open_location(parse(url), options)
+    except PinitError as e:
+        if e.path is None:  # named here, never by the URL as given (it may hold credentials)
+            e.path = redact(url)
+        raise
+
+
+def _open_location(loc: Location, options: LoadOptions) -> Checkpoint:
     from pinit import checkpoint as cp
 
-    configure()
-    loc = parse(url)
     name = loc.name()
     if name.endswith(".index.json"):
         return _open_index(loc, options)
@@ -800,6 +990,28 @@ def open_remote(url: str, options: LoadOptions) -> Checkpoint:
     raise PinitError(f"folder holds {len(ckpts)} checkpoint files and no index; name one", loc.url)
 
 
+def expand(url: str) -> list[str]:
+    """The checkpoints ``pinit check`` finds at ``url``: a folder (repository, prefix) holding several
+    checkpoint files and no index gives each of them; anything else is one checkpoint (errors are
+    left to opening it, where they become that file's finding)."""
+    from pinit import checkpoint as cp
+
+    try:
+        loc = parse(url)
+        if loc.name().endswith((*cp.CHECKPOINT_SUFFIXES, *cp.INDEX_SUFFIXES)):
+            return [url]
+        listing = loc.listing()
+    except PinitError:
+        return [url]
+    if listing is None or not isinstance(loc, (HfLocation, FsspecLocation)):
+        return [url]
+    names = sorted(e.name for e in listing if not e.is_dir)
+    if ".metadata" in names or any(n.endswith(cp.INDEX_SUFFIXES) for n in names):
+        return [url]  # one checkpoint (a DCP folder, or the index opening the folder picks or refuses)
+    ckpts = [n for n in names if n.endswith(cp.CHECKPOINT_SUFFIXES)]
+    return [loc.folder(n).url for n in ckpts] if len(ckpts) > 1 else [url]
+
+
 def _open_one(loc: Location, options: LoadOptions) -> Checkpoint:
     from pinit import checkpoint as cp
 
@@ -812,17 +1024,38 @@ def _open_index(loc: Location, options: LoadOptions) -> Checkpoint:
     from pinit.files import MAX_INDEX_BYTES
 
     raw = read_small(loc, MAX_INDEX_BYTES, "shard index")
+    ready: dict[str, Future[RemoteFile]] = {}
+    for name in _shard_names(raw):  # every shard's size and header asked for at once, not one by one
+        if _fair_shard_name(name):
+            ready[name] = _executor().submit(_opened, loc.child(name))
 
     def open_shard(name: str) -> Checkpoint:
-        if name.startswith("/") or ".." in name.split("/") or name != name.strip() or not name or "\0" in name:
+        if not _fair_shard_name(name):
             raise PinitError(f"shard name {name!r} leaves the checkpoint folder", loc.url)
-        return _open_one(loc.child(name), options)
+        child = loc.child(name)
+        fut = ready.pop(name, None)
+        rf = fut.result() if fut is not None else open_file(child)
+        return cp.open_file_ref(child.url, rf, options)
 
-    return cp.open_shards(raw, loc.url, open_shard)
+    try:
+        return cp.open_shards(raw, loc.url, open_shard)
+    finally:
+        for fut in ready.values():
+            fut.cancel()
 
 
-def describe_index(raw: bytes) -> list[str]:
-    """The shard names of an index document (for callers that only list them)."""
+def _fair_shard_name(name: str) -> bool:
+    return (
+        bool(name)
+        and not name.startswith("/")
+        and ".." not in name.split("/")
+        and name == name.strip()
+        and "\0" not in name
+    )
+
+
+def _shard_names(raw: bytes) -> list[str]:
+    """The shard names of an index document (nothing when it is not one: opening it says why)."""
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):
@@ -830,4 +1063,11 @@ def describe_index(raw: bytes) -> list[str]:
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict):
         return []
-    return list(dict.fromkeys(v for v in weight_map.values() if isinstance(v, str)))
+    return list(dict.fromkeys(v for v in weight_map.values() if isinstance(v, str)))[:MAX_PARALLEL_SHARDS]
+
+
+def _opened(loc: Location) -> RemoteFile:
+    """A shard's remote file, its size known and its first bytes read (on a worker thread)."""
+    rf = open_file(loc)
+    rf.warm_head()
+    return rf

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from pinit import dtypes
 from pinit.storage import CHUNK_BYTES, FileStorage, TensorEntry
+
+if TYPE_CHECKING:  # numpy is imported when a chunk is reduced in Python: the C kernel reading files needs none
+    import numpy as np
 
 # float32 chunks whose magnitudes stay below this are reduced in float32: their squares,
 # summed over a chunk, cannot overflow (2^50 squared times 2^20 elements < float32's max).
@@ -94,6 +97,8 @@ _ROW = 4096
 
 
 def _ones(n: int) -> np.ndarray:
+    import numpy as np
+
     ones: np.ndarray | None = _local.__dict__.get("ones")
     if ones is None or ones.size < n:
         ones = _local.__dict__["ones"] = np.ones(n, dtype=np.float32)
@@ -105,6 +110,8 @@ def _sum32(v: np.ndarray) -> float:
     times the speed of numpy's pairwise sum), the row sums added in float64. Each row's float32
     error is that of a few hundred additions (BLAS keeps several accumulators), far below the
     1e-6 the statistics promise."""
+    import numpy as np
+
     k = v.size - v.size % _ROW
     total = 0.0
     if k:
@@ -116,11 +123,33 @@ def _sum32(v: np.ndarray) -> float:
 
 def scratch(name: str, n: int, dtype: type) -> np.ndarray:
     """A per-thread reusable buffer of at least ``n`` elements (fresh pages cost page faults)."""
+    import numpy as np
+
     pool: dict[str, np.ndarray] = _local.__dict__.setdefault("pool", {})
     buf = pool.get(name)
     if buf is None or buf.size < n or buf.dtype != dtype:
         buf = pool[name] = np.empty(max(n, 1), dtype=dtype)
     return buf[:n]
+
+
+_F32_MAX = 3.4028234663852886e38
+
+
+def _to_float32(x: float) -> float:
+    """``x`` rounded to the nearest float32 (|x| below float32's overflow threshold)."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def _float32_at_most(x: float) -> float:
+    """The largest float32 not above ``x`` (x > 0; infinity from float32's maximum on), as
+    ``np.nextafter(np.float32(x), 0)`` where np.float32(x) rounds up, without numpy."""
+    if x >= _F32_MAX:
+        return math.inf  # no finite float32 is larger
+    m = _to_float32(x)
+    if m > x:
+        (bits,) = struct.unpack("<I", struct.pack("<f", m))
+        m = struct.unpack("<f", struct.pack("<I", bits - 1))[0]
+    return m
 
 
 class _FloatAccumulator:
@@ -131,13 +160,7 @@ class _FloatAccumulator:
         self.max_abs = max_abs
         # the largest float32 not above max_abs: for a float32 x, |x| > max_abs exactly when
         # |x| > max_abs32, compared in float32 (max_abs itself may round up, e.g. 0.1)
-        if max_abs >= float(np.finfo(np.float32).max):
-            m32 = np.float32(np.inf)  # no finite float32 is larger
-        else:
-            m32 = np.float32(max_abs)
-            if float(m32) > max_abs:
-                m32 = np.nextafter(m32, np.float32(0))
-        self.max_abs32 = m32
+        self.max_abs32 = _float32_at_most(max_abs)
         self.n = 0  # finite values
         self.mean = 0.0
         self.m2 = 0.0
@@ -150,19 +173,25 @@ class _FloatAccumulator:
         self.subnormal = 0
         self.huge = 0
         # tiny² in float32: 0 for float32/bfloat16 (squares below ~4e-23 flush to 0 as well)
-        self.tiny_sq = float(np.float32(tiny) * np.float32(tiny))
+        self.tiny_sq = _to_float32(_to_float32(tiny) ** 2)
         # mean and m2 are kept in units of 1/scale, a power of two below 1 once float64 values
         # beyond _BIG arrive (garbage near 1e308 would otherwise overflow sums and squares)
         self.scale = 1.0
 
     def _scratch(self, n: int) -> np.ndarray:
+        import numpy as np
+
         return scratch("work", n, np.float64)
 
     def _squares(self, n: int) -> np.ndarray:
+        import numpy as np
+
         return scratch("squares", n, np.float32)
 
     def add(self, x: np.ndarray) -> None:
         """Merge a chunk of float32/float64 values (x is not modified)."""
+        import numpy as np
+
         n = x.size
         if n == 0:
             return
@@ -210,6 +239,8 @@ class _FloatAccumulator:
     def _add_f32(self, x: np.ndarray, lo: float, hi: float, big: float) -> None:
         """The fast path for float32 chunks of moderate magnitude: six passes over the chunk,
         in float32 (sums by rows of a few thousand, see _sum32), merged in float64."""
+        import numpy as np
+
         n = x.size
         sq = np.square(x, out=self._squares(n))
         if float(sq.min()) <= self.tiny_sq:  # maybe a zero or subnormal: count them exactly
@@ -218,7 +249,7 @@ class _FloatAccumulator:
             if self.tiny:
                 self.subnormal += int(np.count_nonzero(np.abs(x) < self.tiny)) - zeros
         if big > self.max_abs:
-            self.huge += int(np.count_nonzero(np.abs(x) > self.max_abs32))
+            self.huge += int(np.count_nonzero(np.abs(x) > np.float32(self.max_abs32)))
         s = _sum32(x)
         if lo == hi:
             self._merge(n, lo * self.scale, 0.0, s)
@@ -241,6 +272,8 @@ class _FloatAccumulator:
 
     def _add_wide(self, x: np.ndarray, big: float) -> None:
         """Float64 chunks, and float32 chunks holding huge magnitudes (uninitialized garbage)."""
+        import numpy as np
+
         n = x.size
         work = self._scratch(n)
         np.copyto(work, x, casting="safe")
@@ -297,6 +330,8 @@ class _IntAccumulator:
         self.zeros = 0
 
     def add(self, x: np.ndarray) -> None:
+        import numpy as np
+
         if x.size == 0:
             return
         if x.dtype == np.bool_:
@@ -329,6 +364,8 @@ def compute_stats(entry: TensorEntry, max_abs: float = 1e6, chunk_bytes: int = C
         acc = _FloatAccumulator(dt.tiny, max_abs)
         if chunk_bytes == CHUNK_BYTES and _whole_in_kernel(acc, entry):
             return acc.result(numel)
+    import numpy as np
+
     buf = scratch("read", chunk_bytes, np.uint8)
     if dt.kind == "float":
         for i, (repeat, chunks) in enumerate(entry.stat_parts(chunk_bytes, buf=buf)):
@@ -351,6 +388,31 @@ def compute_stats(entry: TensorEntry, max_abs: float = 1e6, chunk_bytes: int = C
     return iacc.result(numel)
 
 
+def file_region(entry: TensorEntry) -> tuple[int, int] | None:
+    """(fd, offset) of a contiguous tensor's bytes in a file, for the C kernel to read itself;
+    None for other storages (a subclass of FileStorage may read otherwise) and views."""
+    s = entry.storage
+    if type(s) is not FileStorage or not entry.is_contiguous:
+        return None
+    return s.fd, s.offset + entry.offset * entry.dt.itemsize
+
+
+def same_bytes_in_kernel(a: TensorEntry, b: TensorEntry) -> bool | None:
+    """Whether two contiguous tensors in files hold the same bytes, compared by the C kernel
+    (pread of both, memcmp: no numpy, no Python per chunk); None where that does not apply (no
+    kernel, another storage, a view, a read error: compare otherwise, which reports it)."""
+    files_equal = getattr(_kernel, "files_equal", None)
+    ra, rb = file_region(a), file_region(b)
+    if files_equal is None or ra is None or rb is None:
+        return None
+    if a.nbytes != b.nbytes:
+        return False
+    try:
+        return bool(files_equal(*ra, *rb, a.nbytes) == -1)
+    except (OSError, EOFError):
+        return None
+
+
 def _whole_in_kernel(acc: _FloatAccumulator, entry: TensorEntry) -> bool:
     """Reduce a contiguous tensor in one call of the C kernel, which reads a file region itself
     (``file_stats``: pread in pieces that stay in the CPU's second-level cache, no Python per chunk)
@@ -365,9 +427,10 @@ def _whole_in_kernel(acc: _FloatAccumulator, entry: TensorEntry) -> bool:
     nbytes = entry.nbytes
     tiny, max_abs = entry.dt.tiny, float(acc.max_abs32)
     step = max(1, CHUNK_BYTES // item) * item  # the chunks of iter_bytes: the same numbers as that path
-    if type(storage) is FileStorage and hasattr(_kernel, "file_stats"):  # not a subclass: it may read otherwise
+    region = file_region(entry)
+    if region is not None and hasattr(_kernel, "file_stats"):
         try:
-            part = _kernel.file_stats(storage.fd, storage.offset + start, nbytes, kind, tiny, max_abs, step)
+            part = _kernel.file_stats(*region, nbytes, kind, tiny, max_abs, step)
         except (OSError, EOFError):
             return False
     else:
@@ -381,6 +444,8 @@ def _whole_in_kernel(acc: _FloatAccumulator, entry: TensorEntry) -> bool:
 
 def _add_float_chunks(acc: _FloatAccumulator, chunks: Iterator[np.ndarray], dt: dtypes.DType) -> None:
     """Reduce raw chunks of a floating dtype into ``acc`` (the C kernel when built)."""
+    import numpy as np
+
     if _kernel is not None and dt.name != "float64":
         reduce = _kernel.float_stats
         kind = _KERNEL_KINDS.get(dt.name)
@@ -472,6 +537,8 @@ def _json_float(v: float) -> float | str:
 
 def histogram(entry: TensorEntry, stats: Stats, bins: int = 16) -> list[int] | None:
     """Counts of finite values in ``bins`` equal bins between min and max (a second pass)."""
+    import numpy as np
+
     if not entry.dt.is_float or stats.min is None or stats.max is None:
         return None
     lo, hi = float(stats.min), float(stats.max)

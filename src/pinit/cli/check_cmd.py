@@ -70,11 +70,13 @@ def check(
             "--jobs",
             "-j",
             metavar="N",
-            help="Check N files at once, in N processes (a sharded checkpoint is one file); same report.",
+            help="Check N files at once, in N processes (a sharded checkpoint is one file; with --model, "
+            "one process); same report.",
             min=1,
         ),
     ] = 1,
     timeout: opt.Timeout = None,
+    cache: opt.Cache = None,
     unsafe_pickle: opt.UnsafePickle = False,
     allow_global: opt.AllowGlobal = None,
     quiet: opt.Quiet = False,
@@ -107,7 +109,7 @@ def check(
     report = run_check(
         paths,
         settings,
-        load_options(allow_global, unsafe_pickle, timeout),
+        load_options(allow_global, unsafe_pickle, timeout, cache),
         progress=lambda total: out.progress_bar(total, "checking", quiet),
         jobs=jobs,
     )

@@ -11,23 +11,25 @@ if TYPE_CHECKING:
     from pinit.checkpoint import Checkpoint, LoadOptions
 
 
-def load_options(allow_global: list[str] | None, unsafe_pickle: bool, timeout: float | None = None) -> LoadOptions:
+def load_options(
+    allow_global: list[str] | None, unsafe_pickle: bool, timeout: float | None = None, cache: str | None = None
+) -> LoadOptions:
     from pinit.checkpoint import LoadOptions
 
-    set_remote_timeout(timeout)
+    set_remote_timeout(timeout, cache)
     if unsafe_pickle:
         warn("--unsafe-pickle: torch pickles are loaded fully, which runs any code they hold")
     return LoadOptions(allow_globals=tuple(allow_global or ()), unsafe_pickle=unsafe_pickle)
 
 
-def set_remote_timeout(timeout: float | None) -> None:
-    """``--timeout`` of the remote reads (``pinit.remote``, imported only when needed); without it
-    the default (or ``PINIT_TIMEOUT``)."""
-    if timeout is None and "pinit.remote" not in sys.modules:
+def set_remote_timeout(timeout: float | None, cache: str | None = None) -> None:
+    """``--timeout`` and ``--cache`` of the remote reads (``pinit.remote``, imported only when
+    needed); without them the default timeout (or ``PINIT_TIMEOUT``) and no cache."""
+    if timeout is None and cache is None and "pinit.remote" not in sys.modules:
         return
     from pinit import remote
 
-    remote.configure(timeout, reset=True)
+    remote.configure(timeout, reset=True, cache=cache)
 
 
 def open_path(path: str, options: LoadOptions) -> Checkpoint:

@@ -29,6 +29,7 @@ def diff(
     match: opt.Match = None,
     fmt: Annotated[opt.JsonOrTable, typer.Option("--format", "-f", help="Output format.")] = opt.JsonOrTable.table,
     timeout: opt.Timeout = None,
+    cache: opt.Cache = None,
     unsafe_pickle: opt.UnsafePickle = False,
     allow_global: opt.AllowGlobal = None,
     quiet: opt.Quiet = False,
@@ -39,7 +40,7 @@ def diff(
     from pinit.diff import diff_checkpoints
     from pinit.selection import Selector
 
-    options = load_options(allow_global, unsafe_pickle, timeout)
+    options = load_options(allow_global, unsafe_pickle, timeout, cache)
     with open_path(a, options) as ca, open_path(b, options) as cb:
         selector, in_b = Selector(match or (), ()), {e.name for e in cb.tensors}
         work = sum(e.nbytes for e in ca.tensors if e.name in in_b and selector(e.name))

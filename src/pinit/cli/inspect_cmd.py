@@ -22,7 +22,11 @@ SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
 def inspect(
     path: Annotated[
         str | None,
-        typer.Argument(help="Checkpoint file, sharded folder or index file (or --model).", show_default=False),
+        typer.Argument(
+            help="Checkpoint: a file (safetensors, torch pickle, TorchScript), a sharded or DCP folder, "
+            "an index (or --model).",
+            show_default=False,
+        ),
     ] = None,
     model: opt.Model = None,
     arg: opt.ModelArg = None,
@@ -46,6 +50,7 @@ def inspect(
     max_abs: opt.MaxAbs = 1e6,
     fmt: Annotated[opt.InspectFormat, typer.Option("--format", "-f", help="Output format.")] = opt.InspectFormat.table,
     timeout: opt.Timeout = None,
+    cache: opt.Cache = None,
     unsafe_pickle: opt.UnsafePickle = False,
     allow_global: opt.AllowGlobal = None,
     quiet: opt.Quiet = False,
@@ -76,7 +81,7 @@ def inspect(
         opened = model_checkpoint(parse_model_spec(model, arg or ()))
     else:
         assert path is not None
-        opened = open_path(path, load_options(allow_global, unsafe_pickle, timeout))
+        opened = open_path(path, load_options(allow_global, unsafe_pickle, timeout, cache))
     with opened as ckpt:
         chosen = [e for e in ckpt.tensors if selector(e.name)]
         total = sum(e.nbytes for e in chosen)

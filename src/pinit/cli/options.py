@@ -64,7 +64,15 @@ Timeout = Annotated[
         help="Timeout of each request for a remote checkpoint (hf://, https://, s3://, gs://); "
         "transient failures are retried 3 times.",
         show_default="60",
-        min=0.001,
+    ),
+]
+Cache = Annotated[
+    str | None,
+    typer.Option(
+        "--cache",
+        metavar="DIR",
+        help="Keep the byte ranges read from remote checkpoints in DIR and reuse them while the file is "
+        "unchanged (same size and ETag/Last-Modified). Without it nothing is kept.",
     ),
 ]
 Model = Annotated[

@@ -19,7 +19,13 @@ _SCHEME_PANEL = "Scheme options (mapped onto torch.nn.init arguments)"
 
 
 def reinit(
-    path: Annotated[str, typer.Argument(help="Checkpoint file, sharded folder or index file.", show_default=False)],
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="Checkpoint: a file (safetensors, torch pickle, TorchScript), a sharded or DCP folder, or an index.",
+            show_default=False,
+        ),
+    ],
     match: opt.Match = None,
     exclude: opt.Exclude = None,
     flagged: opt.Flagged = False,
@@ -120,6 +126,7 @@ def reinit(
     max_abs: opt.MaxAbs = 1e6,
     fmt: Annotated[opt.JsonOrTable, typer.Option("--format", "-f", help="Report format.")] = opt.JsonOrTable.table,
     timeout: opt.Timeout = None,
+    cache: opt.Cache = None,
     unsafe_pickle: opt.UnsafePickle = False,
     allow_global: opt.AllowGlobal = None,
     quiet: opt.Quiet = False,
@@ -155,7 +162,7 @@ def reinit(
         dry_run=dry_run,
         provenance=not no_provenance,
         max_abs=max_abs,
-        load_options=load_options(allow_global, unsafe_pickle, timeout),
+        load_options=load_options(allow_global, unsafe_pickle, timeout, cache),
         progress=lambda total: out.progress_bar(total, "re-initializing", quiet),
     )
     shown = opt.warning_filter(quiet, no_warnings)

@@ -17,7 +17,13 @@ if TYPE_CHECKING:
 
 
 def report(
-    path: Annotated[str, typer.Argument(help="Checkpoint file, sharded folder or index file.", show_default=False)],
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="Checkpoint: a file (safetensors, torch pickle, TorchScript), a sharded or DCP folder, or an index.",
+            show_default=False,
+        ),
+    ],
     out_html: Annotated[
         str | None,
         typer.Option("--out", "-o", metavar="FILE", help="Write the HTML page here.", show_default=False),
@@ -37,6 +43,7 @@ def report(
     ] = 200,
     max_abs: opt.MaxAbs = 1e6,
     timeout: opt.Timeout = None,
+    cache: opt.Cache = None,
     unsafe_pickle: opt.UnsafePickle = False,
     allow_global: opt.AllowGlobal = None,
     quiet: opt.Quiet = False,
@@ -53,7 +60,7 @@ def report(
     if out_html is None and png is None:
         die("say where to write: --out FILE (the HTML page) and/or --png DIR")
     require_matplotlib()  # before any tensor is read
-    with open_path(path, load_options(allow_global, unsafe_pickle, timeout)) as ckpt:
+    with open_path(path, load_options(allow_global, unsafe_pickle, timeout, cache)) as ckpt:
         total = sum(e.nbytes for e in ckpt.tensors)
         with out.progress_bar(total, "statistics", quiet, count=len(ckpt.tensors)) as progress:
             rep = inspect_checkpoint(ckpt, hist=True, max_abs=max_abs, progress=progress)

@@ -29,7 +29,6 @@ import codecs
 import copyreg
 import functools
 import io
-import os
 import pickle
 import types
 import zipfile
@@ -41,8 +40,9 @@ from typing import Any, ClassVar
 
 from pinit import dtypes
 from pinit.errors import PinitError, UnsafeGlobalError, runs_code
+from pinit.files import FileRef, file_storage, reopen, size_of
 from pinit.formats import zip_layout
-from pinit.storage import FileStorage, Storage, StreamStorage, TensorEntry
+from pinit.storage import Storage, StreamStorage, TensorEntry
 
 MAX_PICKLE_BYTES = 256 << 20
 # Objects one pickle may create (lists, dicts, strings, tuples...) and tensors it may hold:
@@ -179,6 +179,7 @@ def is_module_class(x: Any) -> bool:
 
 
 _MODULE_DICTS = ("_parameters", "_buffers", "_modules")
+INERT_FUNCTION_PREFIX = "torch.nn.functional."  # functions a whole pickled model may hold as values
 
 
 def nn_module_layout(state: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]] | None:
@@ -590,6 +591,13 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
         for full in confirmed:
             for o in self.instances[full]:
                 o.__dict__["_pinit_module"], o.__dict__["_pinit_extra"] = layouts[id(o)]
+        # torch.nn.functional's functions kept as a module's attribute (TransformerEncoderLayer's
+        # activation, F.relu), never called here: inert values, as the module classes are
+        confirmed |= {
+            full
+            for full in self.pending
+            if full.startswith(INERT_FUNCTION_PREFIX) and full not in self.called and full not in self.instances
+        }
         for full in self.pending:
             if full in confirmed and full in self.refused:
                 self.refused.remove(full)
@@ -700,7 +708,7 @@ def _pickle_errors() -> Iterator[None]:
 class ZipCheckpoint:
     obj: Any  # the object tree with TensorRef leaves
     path: str
-    fd: int
+    fd: FileRef  # a descriptor, or a remote file (pinit.remote)
     members: dict[str, zipfile.ZipInfo]
     prefix: str
     format: str = "torch"  # "torchscript" for a torch.jit.save archive
@@ -709,14 +717,14 @@ class ZipCheckpoint:
     storages: int = 0  # storage records of an archive that could not be read
 
 
-def _member_data_offset(fd: int, info: zipfile.ZipInfo, file_size: int) -> int:
+def _member_data_offset(fd: FileRef, info: zipfile.ZipInfo, file_size: int) -> int:
     return zip_layout.data_offset(fd, info, file_size)  # where torch (miniz) reads it; local header checked
 
 
-def read_zip(path: str, fd: int, allowed: frozenset[str]) -> ZipCheckpoint:
+def read_zip(path: str, fd: FileRef, allowed: frozenset[str]) -> ZipCheckpoint:
     """Read the object tree of a torch zip checkpoint (no tensor data is read)."""
     try:
-        with open(os.dup(fd), "rb") as f, zipfile.ZipFile(f) as zf:  # the very file torch_layout reads
+        with reopen(fd) as f, zipfile.ZipFile(f) as zf:  # the very file torch_layout reads
             infos, start_dir = zf.infolist(), zf.start_dir
     except Exception as e:  # BadZipFile, OSError, a bad name encoding, NotImplementedError (zip version)
         raise PinitError(f"not a readable zip archive ({e})") from None
@@ -751,7 +759,7 @@ def _storage(ckpt: ZipCheckpoint, ref: StorageRef, file_size: int) -> Storage:
     key = (ckpt.path, ref.key)
     start = _member_data_offset(ckpt.fd, info, file_size)
     if info.compress_type == zipfile.ZIP_STORED:
-        return FileStorage(ckpt.fd, start, nbytes, key, ckpt.path)
+        return file_storage(ckpt.fd, start, nbytes, key, ckpt.path)
     if nbytes != info.file_size:  # torch inflates it only when the sizes agree (mmap reads it compressed)
         raise PinitError(f"storage '{ref.key}' claims {nbytes} bytes but its compressed member holds {info.file_size}")
     zip_layout.InflatedReader(ckpt.fd, info, start).check()  # torch refuses one of another inflated size
@@ -760,7 +768,7 @@ def _storage(ckpt: ZipCheckpoint, ref: StorageRef, file_size: int) -> Storage:
 
 def to_entries(ckpt: ZipCheckpoint, leaves: list[Any]) -> list[TensorEntry]:
     """Entries for the flattened TensorRef leaves, each validated against its storage."""
-    file_size = os.fstat(ckpt.fd).st_size
+    file_size = size_of(ckpt.fd)
     storages: dict[str, Storage] = {}
     out = []
     for i, leaf in enumerate(leaves):
@@ -782,6 +790,8 @@ def to_entries(ckpt: ZipCheckpoint, leaves: list[Any]) -> list[TensorEntry]:
             requires_grad=ref.requires_grad,
             index=i,
         )
+        if getattr(leaf, "attribute", False):  # a plain module attribute, not in the state dict
+            entry.extra["attribute"] = True
         entry.validate()
         out.append(entry)
     return out

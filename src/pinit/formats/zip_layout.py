@@ -109,6 +109,10 @@ def _central_directory(fd: FileRef, size: int, base: int = 0) -> tuple[int, int]
     if size - base < _EOCD_SIZE:
         raise PinitError("not a readable zip archive (too short)")
     tail_len = min(size - base, (1 << 16) + _EOCD_SIZE)  # where Python's zipfile looks for it
+    if not isinstance(fd, int):  # a remote file: the end record alone first (no comment: the usual case)
+        last = pread(fd, _EOCD_SIZE, size - _EOCD_SIZE)
+        if last[:4] == _EOCD_SIG and last[20:22] == b"\0\0":  # the last place one can be: found
+            tail_len = _EOCD_SIZE
     tail = pread(fd, tail_len, size - tail_len)
     pos = tail.rfind(_EOCD_SIG, 0, len(tail) - _EOCD_SIZE + 4)  # the last one with a whole record after it
     if pos < 0:
