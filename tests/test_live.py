@@ -477,3 +477,17 @@ def test_lazy_module_is_one_clear_error() -> None:
     r = run_cli("inspect", "--model", m("lazy"))
     assert_one_error_line(r)
     assert "not materialized" in r.stderr and "forward pass" in r.stderr, r.stderr
+
+
+def test_init_takes_scheme_options_as_reinit_does(tmp_path: Path) -> None:
+    out = tmp_path / "n.pt"
+    r = run_cli(
+        "init", m("Net"), "--scheme", "normal", "--std", "0.02", "--match", r"^fc\.weight$", "--seed", "1", "--out", out
+    )
+    assert r.exit_code == 0, r.stderr
+    want = torch.empty(8, 8)
+    torch.nn.init.normal_(want, std=0.02, generator=torch.Generator().manual_seed(seed_of(1, "fc.weight")))
+    assert torch.equal(torch.load(out, weights_only=True)["fc.weight"], want)
+    bad = run_cli("init", m("Net"), "--std", "0.02", "--out", tmp_path / "x.pt")  # --scheme default takes none
+    assert_one_error_line(bad)
+    assert not (tmp_path / "x.pt").exists()

@@ -414,6 +414,7 @@ def init_model(
     out: str,
     *,
     scheme: str | None = None,
+    options: dict[str, Any] | None = None,
     plan: str | None = None,
     match: Sequence[str] = (),
     exclude: Sequence[str] = (),
@@ -431,8 +432,10 @@ def init_model(
     from pinit.reinitialize import Rule, derive_seed, load_plan, new_values, plan_assignments
     from pinit.selection import Selector
 
-    if plan is not None and scheme is not None:
-        raise PinitError("--plan and --scheme are exclusive")
+    if plan is not None and (scheme is not None or options):
+        raise PinitError("--plan and --scheme (or scheme options) are exclusive")
+    if options and (scheme or "default") == "default":
+        raise PinitError("scheme options (--std, --gain, ...) go with a named --scheme, not with --scheme default")
     if (match or exclude) and (plan is None and (scheme or "default") == "default"):
         raise PinitError("--match/--exclude choose tensors for a named --scheme or a --plan, not for --scheme default")
     writers.check_write(out, force=force)  # a target that must not be replaced: refused before any work
@@ -442,7 +445,7 @@ def init_model(
         if seed is None:
             seed = plan_seed
     elif scheme is not None:
-        rules = [Rule(scheme, {}, tuple(match) or (".",), tuple(exclude))]
+        rules = [Rule(scheme, dict(options or {}), tuple(match) or (".",), tuple(exclude))]
     seed_drawn = seed is None
     if seed is None:
         seed = secrets.randbits(32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -133,3 +133,85 @@ def warning_filter(quiet: bool, no_warnings: bool) -> Callable[[bool], bool]:
         return not no_warnings and (lost_content or not quiet)
 
     return shown
+
+
+# The options of the schemes (reinit and init), one to one onto torch.nn.init's arguments.
+_SCHEME_PANEL = "Scheme options (mapped onto torch.nn.init arguments)"
+SchemeA = Annotated[
+    float | None,
+    typer.Option(
+        "--a",
+        metavar="FLOAT",
+        help="uniform/trunc_normal lower bound; kaiming slope.",
+        rich_help_panel=_SCHEME_PANEL,
+    ),
+]
+SchemeB = Annotated[
+    float | None,
+    typer.Option("--b", metavar="FLOAT", help="uniform/trunc_normal upper bound.", rich_help_panel=_SCHEME_PANEL),
+]
+SchemeMean = Annotated[
+    float | None,
+    typer.Option("--mean", metavar="FLOAT", help="normal/trunc_normal mean.", rich_help_panel=_SCHEME_PANEL),
+]
+SchemeStd = Annotated[
+    float | None,
+    typer.Option(
+        "--std",
+        metavar="FLOAT",
+        help="normal/trunc_normal/sparse standard deviation.",
+        rich_help_panel=_SCHEME_PANEL,
+    ),
+]
+SchemeValue = Annotated[
+    float | None, typer.Option("--value", metavar="FLOAT", help="constant value.", rich_help_panel=_SCHEME_PANEL)
+]
+SchemeGain = Annotated[
+    str | None,
+    typer.Option(
+        "--gain",
+        metavar="FLOAT|NAME",
+        help="A number, or a nonlinearity name meaning calculate_gain(name).",
+        rich_help_panel=_SCHEME_PANEL,
+    ),
+]
+SchemeMode = Annotated[
+    str | None,
+    typer.Option("--mode", metavar="fan_in|fan_out", help="kaiming: fan_in or fan_out.", rich_help_panel=_SCHEME_PANEL),
+]
+SchemeNonlinearity = Annotated[
+    str | None,
+    typer.Option(
+        "--nonlinearity", metavar="NAME", help="kaiming: relu, leaky_relu, tanh, ...", rich_help_panel=_SCHEME_PANEL
+    ),
+]
+SchemeSparsity = Annotated[
+    float | None,
+    typer.Option(
+        "--sparsity", metavar="FLOAT", help="sparse: fraction of zeros per column.", rich_help_panel=_SCHEME_PANEL
+    ),
+]
+SchemeGroups = Annotated[
+    int | None,
+    typer.Option("--groups", metavar="N", help="dirac: number of groups.", rich_help_panel=_SCHEME_PANEL),
+]
+
+
+def scheme_options(
+    a: float | None,
+    b: float | None,
+    mean: float | None,
+    std: float | None,
+    value: float | None,
+    gain: str | None,
+    mode: str | None,
+    nonlinearity: str | None,
+    sparsity: float | None,
+    groups: int | None,
+) -> dict[str, Any]:
+    """The scheme options given on the command line (None: not given)."""
+    given = {
+        "a": a, "b": b, "mean": mean, "std": std, "value": value, "gain": gain, "mode": mode,
+        "nonlinearity": nonlinearity, "sparsity": sparsity, "groups": groups,
+    }  # fmt: skip
+    return {k: v for k, v in given.items() if v is not None}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,8 +14,6 @@ from pinit.cli.errors import warn
 
 if TYPE_CHECKING:
     from pinit.reinitialize import ReinitResult
-
-_SCHEME_PANEL = "Scheme options (mapped onto torch.nn.init arguments)"
 
 
 def reinit(
@@ -37,66 +35,16 @@ def reinit(
         str | None,
         typer.Option("--plan", metavar="FILE", help="TOML file of [[rule]] tables (match, scheme, options)."),
     ] = None,
-    a: Annotated[
-        float | None,
-        typer.Option(
-            "--a",
-            metavar="FLOAT",
-            help="uniform/trunc_normal lower bound; kaiming slope.",
-            rich_help_panel=_SCHEME_PANEL,
-        ),
-    ] = None,
-    b: Annotated[
-        float | None,
-        typer.Option("--b", metavar="FLOAT", help="uniform/trunc_normal upper bound.", rich_help_panel=_SCHEME_PANEL),
-    ] = None,
-    mean: Annotated[
-        float | None,
-        typer.Option("--mean", metavar="FLOAT", help="normal/trunc_normal mean.", rich_help_panel=_SCHEME_PANEL),
-    ] = None,
-    std: Annotated[
-        float | None,
-        typer.Option(
-            "--std",
-            metavar="FLOAT",
-            help="normal/trunc_normal/sparse standard deviation.",
-            rich_help_panel=_SCHEME_PANEL,
-        ),
-    ] = None,
-    value: Annotated[
-        float | None, typer.Option("--value", metavar="FLOAT", help="constant value.", rich_help_panel=_SCHEME_PANEL)
-    ] = None,
-    gain: Annotated[
-        str | None,
-        typer.Option(
-            "--gain",
-            metavar="FLOAT|NAME",
-            help="A number, or a nonlinearity name meaning calculate_gain(name).",
-            rich_help_panel=_SCHEME_PANEL,
-        ),
-    ] = None,
-    mode: Annotated[
-        str | None,
-        typer.Option(
-            "--mode", metavar="fan_in|fan_out", help="kaiming: fan_in or fan_out.", rich_help_panel=_SCHEME_PANEL
-        ),
-    ] = None,
-    nonlinearity: Annotated[
-        str | None,
-        typer.Option(
-            "--nonlinearity", metavar="NAME", help="kaiming: relu, leaky_relu, tanh, ...", rich_help_panel=_SCHEME_PANEL
-        ),
-    ] = None,
-    sparsity: Annotated[
-        float | None,
-        typer.Option(
-            "--sparsity", metavar="FLOAT", help="sparse: fraction of zeros per column.", rich_help_panel=_SCHEME_PANEL
-        ),
-    ] = None,
-    groups: Annotated[
-        int | None,
-        typer.Option("--groups", metavar="N", help="dirac: number of groups.", rich_help_panel=_SCHEME_PANEL),
-    ] = None,
+    a: opt.SchemeA = None,
+    b: opt.SchemeB = None,
+    mean: opt.SchemeMean = None,
+    std: opt.SchemeStd = None,
+    value: opt.SchemeValue = None,
+    gain: opt.SchemeGain = None,
+    mode: opt.SchemeMode = None,
+    nonlinearity: opt.SchemeNonlinearity = None,
+    sparsity: opt.SchemeSparsity = None,
+    groups: opt.SchemeGroups = None,
     seed: opt.Seed = None,
     out_path: Annotated[
         str | None,
@@ -136,14 +84,7 @@ def reinit(
     """Re-initialize the selected tensors with one torch.nn.init scheme and save (in place by default)."""
     from pinit.reinitialize import reinit as run_reinit
 
-    given: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "a": a, "b": b, "mean": mean, "std": std, "value": value, "gain": gain, "mode": mode,
-            "nonlinearity": nonlinearity, "sparsity": sparsity, "groups": groups,
-        }.items()
-        if v is not None
-    }  # fmt: skip
+    given = opt.scheme_options(a, b, mean, std, value, gain, mode, nonlinearity, sparsity, groups)
     _local_output(path, out_path, dry_run)
     large_allocations_from_mmap()
     result = run_reinit(
