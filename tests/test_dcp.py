@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import pickle
 import shutil
 import warnings
@@ -463,3 +464,12 @@ def test_one_distcp_file_says_to_pass_the_folder(tmp_path: Path) -> None:
     assert r.exit_code == 1  # unreadable for check: a finding of that file
     message = r.json()["files"][0]["findings"][0]["message"]
     assert "pass the folder" in message and "hostile" not in message, message
+
+
+def test_non_tensor_values_are_shown_as_data(tmp_path: Path) -> None:
+    folder = save_simple(tmp_path / "ck")
+    r = run_cli("inspect", folder, "--meta", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    meta = json.dumps(r.json()["meta"])
+    assert '"epoch": 7' in meta and '"note": "hello"' in meta, meta[:2000]
+    assert '"optim.param_groups.0.lr": 0.001' in meta, meta[:2000]

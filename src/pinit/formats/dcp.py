@@ -44,6 +44,7 @@ from pinit import dtypes
 from pinit.checkpoint import Checkpoint, LoadOptions, Source
 from pinit.errors import PinitError
 from pinit.files import open_regular, read_regular
+from pinit.flatten import iter_tensors
 from pinit.formats import torch_zip, zip_layout
 from pinit.storage import FileStorage, Storage, StreamStorage, TensorEntry, contiguous_strides
 
@@ -369,6 +370,30 @@ class DcpFile:
     size: int
 
 
+def embedded_save(fd: int, base: int, length: int, allowed: frozenset[str]) -> tuple[Any, Any]:
+    """The layout and the unpickled ``data.pkl`` (restricted reader) of the ``torch.save`` archive
+    written at ``base`` in a ``.distcp`` file: a tensor chunk, or a non-tensor value."""
+    end = base + length
+    if os.pread(fd, 4, base) != _ZIP_MAGIC:
+        raise PinitError("not a torch.save archive (only DCP's default torch_save format is read)")
+    try:
+        with zipfile.ZipFile(_Window(fd, base, length)) as zf:
+            infos, start_dir = zf.infolist(), zf.start_dir
+    except Exception as e:  # BadZipFile, OSError, bad names
+        raise PinitError(f"not a readable zip archive ({e})") from None
+    layout = zip_layout.torch_layout(fd, infos, start_dir, base, end)
+    pkl = layout.find("data.pkl")
+    if pkl is None:
+        raise PinitError("no data.pkl")
+    if layout.byteorder != "little":
+        raise PinitError(f"big-endian chunks are not supported (byteorder '{layout.byteorder}')")
+    raw = zip_layout.read_record(fd, pkl, MAX_CHUNK_PICKLE_BYTES, end, base)
+    return layout, torch_zip.unpickle(raw, allowed)
+
+
+MAX_VALUE_BYTES = 1 << 20  # non-tensor values shown as data (inspect --meta, report) up to this size
+
+
 class DcpStorage(Storage):
     """The row-major bytes of one tensor of a DCP checkpoint, assembled from its chunks."""
 
@@ -409,21 +434,7 @@ class DcpStorage(Storage):
         where = f"tensor '{name}', chunk at offsets {list(c.offsets)} in {c.item.file}"
         base, end = c.item.offset, c.item.offset + c.item.length
         try:
-            if os.pread(f.fd, 4, base) != _ZIP_MAGIC:
-                raise PinitError("not a torch.save archive (only DCP's default torch_save format is read)")
-            try:
-                with zipfile.ZipFile(_Window(f.fd, base, c.item.length)) as zf:
-                    infos, start_dir = zf.infolist(), zf.start_dir
-            except Exception as e:  # BadZipFile, OSError, bad names
-                raise PinitError(f"not a readable zip archive ({e})") from None
-            layout = zip_layout.torch_layout(f.fd, infos, start_dir, base, end)
-            pkl = layout.find("data.pkl")
-            if pkl is None:
-                raise PinitError("no data.pkl")
-            if layout.byteorder != "little":
-                raise PinitError(f"big-endian chunks are not supported (byteorder '{layout.byteorder}')")
-            raw = zip_layout.read_record(f.fd, pkl, MAX_CHUNK_PICKLE_BYTES, end, base)
-            ref = torch_zip.unpickle(raw, self.allowed)
+            layout, ref = embedded_save(f.fd, base, c.item.length, self.allowed)
             if not isinstance(ref, torch_zip.TensorRef):
                 raise PinitError("its archive holds no single tensor")
             if ref.dtype != self.meta.dtype:
@@ -600,6 +611,23 @@ class DcpSource(Source):
                 f.fd = -1
 
 
+def _value_of(name: str, item: Item | None, files: dict[str, DcpFile], allowed: frozenset[str]) -> Any:
+    """A non-tensor value (epoch, step, param_groups) as data, read by the restricted unpickler
+    from its small ``torch.save`` archive; a placeholder when it is big, unreadable, holds a
+    tensor or needs a global pinit does not admit (it is shown, never needed to read tensors)."""
+    if item is None or item.length > MAX_VALUE_BYTES or item.file not in files:
+        return NonTensorItem(name, item)
+    try:
+        _, value = embedded_save(files[item.file].fd, item.offset, item.length, allowed)
+    except (PinitError, torch_zip.NeedsTorch):
+        return NonTensorItem(name, item)
+    try:
+        holds_tensor = any(True for _ in iter_tensors(value, lambda x: isinstance(x, torch_zip.TensorRef)))
+    except PinitError:
+        return NonTensorItem(name, item)
+    return NonTensorItem(name, item) if holds_tensor else value
+
+
 def is_dcp_folder(folder: Path) -> bool:
     try:
         return (folder / METADATA_NAME).is_file() and any(
@@ -661,7 +689,7 @@ def open_dcp(folder: Path, options: LoadOptions, path: str | None = None) -> Che
         for name, item in others.items():
             source.non_tensor.append(name)
             source.non_tensor_items[name] = item
-            source.tree[name] = NonTensorItem(name, item)
+            source.tree[name] = _value_of(name, item, files, options.allowed)
     except PinitError as e:
         source.close()
         e.path = e.path or shown
