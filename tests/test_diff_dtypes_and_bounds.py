@@ -496,3 +496,38 @@ def test_upcast_progress_adds_up_to_the_bytes_of_a(tmp_path: Path) -> None:
         report = diff_checkpoints(ca, cb, progress=seen.append)
         assert sum(seen) == sum(e.nbytes for e in ca.tensors)
     assert {t.name: t.values for t in report.tensors} == {"w": "changed", "i": "identical"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--mean", "0", "--std", "1e-45", "--a", "1e-45", "--b", "2"],  # torch's sampler never ends here
+        ["--mean", "100", "--std", "1", "--a", "-2", "--b", "2"],  # one draw in 400 kept
+    ],
+)
+def test_trunc_normal_that_torch_would_loop_on_is_refused_before_any_work(tmp_path: Path, args: list[str]) -> None:
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.ones(64, 64)}, path)
+    before = path.read_bytes()
+    r = run_cli("reinit", path, "--match", "w", "--scheme", "trunc_normal", *args, "--seed", "0")
+    assert r.exit_code == 2 and "could run for hours" in r.stderr, r.stderr
+    assert path.read_bytes() == before
+
+
+def test_trunc_normal_acceptance_matches_torch_sampling() -> None:
+    """The predicted share of kept draws, against torch's own sampler counted by hand."""
+    from pinit.schemes import trunc_normal_acceptance
+
+    for mean, std, a, b in [(0.0, 1.0, 2.0, 3.0), (5.0, 1.0, -2.0, 2.0), (0.0, 1.0, -2.0, 2.0)]:
+        g = torch.Generator().manual_seed(0)
+        n = 400_000
+        mass = 0.5 * (math.erf((b - mean) / std / math.sqrt(2)) - math.erf((a - mean) / std / math.sqrt(2)))
+        if mass > 0.3:  # torch: normal draws cut to [a, b]
+            x = torch.empty(n).normal_(mean, std, generator=g)
+            kept = ((x >= a) & (x <= b)).float().mean().item()
+        else:  # torch: uniform draws on [a, b] kept with the density relative to its peak
+            x = torch.empty(n).uniform_(a, b, generator=g)
+            mode = max(a, min(mean, b))
+            log_pdf = -0.5 * ((x - mean) / std) ** 2 + 0.5 * ((mode - mean) / std) ** 2
+            kept = (torch.empty(n).uniform_(generator=g).log() <= log_pdf).float().mean().item()
+        assert abs(kept - trunc_normal_acceptance(mean, std, a, b)) < 0.01, (mean, std, a, b, kept)

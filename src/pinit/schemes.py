@@ -273,6 +273,38 @@ def _convert(opt: Option, value: Any, scheme: str, ctx: str) -> Any:
     raise PinitError(f"invalid value {value!r} for --{opt.name} of scheme '{scheme}'{ctx}")
 
 
+MIN_TRUNC_NORMAL_ACCEPTANCE = 0.01  # below it torch loops thousands of times over the whole tensor
+
+
+def _erfcx(x: float) -> float:
+    """erfc(x)·exp(x²) for x ≥ 0, without overflow (asymptotic series past 25)."""
+    if x < 25:
+        return math.erfc(x) * math.exp(x * x)
+    return (1 - 1 / (2 * x * x) + 3 / (4 * x**4)) / (x * math.sqrt(math.pi))
+
+
+def trunc_normal_acceptance(mean: float, std: float, a: float, b: float) -> float:
+    """The share of draws torch's ``trunc_normal_`` keeps (torch 2.13's two samplers): a normal
+    draw rejected outside [a, b] when [a, b] holds more than 30% of the mass, else a uniform draw
+    on [a, b] accepted with the density relative to its peak in [a, b]. A tiny share means a loop
+    that does not end in any useful time (std=1e-45, a=1e-45, b=2 never ends)."""
+    za, zb = (a - mean) / std, (b - mean) / std
+    if not (math.isfinite(za) and math.isfinite(zb)):
+        return 0.0 if (b - a) / std == math.inf else 1.0
+    half = math.sqrt(math.pi / 2)
+    mass = 0.5 * (math.erf(zb / math.sqrt(2)) - math.erf(za / math.sqrt(2)))
+    if mass > 0.3:
+        return mass
+    if b == a:
+        return 1.0
+    if za >= 0 or zb <= 0:  # the peak in [a, b] is at the end nearest the mean
+        lo, hi = (za, zb) if za >= 0 else (-zb, -za)
+        area = half * (_erfcx(lo / math.sqrt(2)) - _erfcx(hi / math.sqrt(2)) * math.exp((lo * lo - hi * hi) / 2))
+    else:  # the mean lies inside: the peak is 1
+        area = half * (math.erf(zb / math.sqrt(2)) - math.erf(za / math.sqrt(2)))
+    return max(0.0, area) / (zb - za)
+
+
 def _check_bounds(scheme: str, kw: dict[str, Any], ctx: str) -> None:
     """torch's own preconditions on the options together, checked before any file is opened, so
     that a bad value is a usage error naming it rather than an error from inside torch."""
@@ -288,6 +320,13 @@ def _check_bounds(scheme: str, kw: dict[str, Any], ctx: str) -> None:
         if kw["a"] > kw["b"]:
             raise PinitError(
                 f"--a must not be greater than --b (trunc_normal cuts to [a, b]), got a={kw['a']:g}, b={kw['b']:g}{ctx}"
+            )
+        rate = trunc_normal_acceptance(kw["mean"], kw["std"], kw["a"], kw["b"])
+        if rate < MIN_TRUNC_NORMAL_ACCEPTANCE:
+            raise PinitError(
+                f"trunc_normal with mean={kw['mean']:g}, std={kw['std']:g}, a={kw['a']:g}, b={kw['b']:g}: torch's "
+                f"sampler would keep about one draw in {1 / max(rate, 1e-300):.3g} and could run for hours; "
+                f"bring [a, b] nearer the mean or widen --std{ctx}"
             )
     elif scheme in ("xavier_uniform", "xavier_normal"):
         g = kw["gain"]
