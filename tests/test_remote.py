@@ -650,3 +650,14 @@ def test_check_jobs_with_a_reference(root: Path, tmp_path: Path) -> None:
     assert serial.exit_code == parallel.exit_code == 1
     assert parallel.json() == serial.json()
     assert any(f["findings"] for f in serial.json()["files"])
+
+
+def test_a_remote_legacy_pickle_is_refused_not_downloaded(srv: RangeServer, root: Path) -> None:
+    torch.save({"w": torch.zeros(1 << 18)}, root / "legacy.pt", _use_new_zipfile_serialization=False)
+    try:
+        r = run_cli("inspect", f"{srv.url}/legacy.pt", "--no-stats")
+        assert_one_error_line(r)
+        assert "needs torch.load" in r.stderr and "download it" in r.stderr
+        assert srv.bytes_served < 64 * KB  # the sniff, not the file
+    finally:
+        (root / "legacy.pt").unlink()

@@ -188,7 +188,7 @@ BATCH_TENSORS = 1024
 class _ByteCompare:
     """Whether tensors of one name, dtype and shape hold equal bytes, decided up front by the C
     kernel for those that lie contiguously in files (``files_equal``: both regions read with pread
-    in pieces that stay in the CPU's cache, compared with memcmp), on worker threads, batch by
+    into buffers of its own, compared with memcmp), on worker threads, batch by
     batch, while the caller goes through the results in order. Equal bytes are the common case
     (a fine-tune touches few tensors): such a pair needs no decoding at all."""
 

@@ -415,7 +415,7 @@ def same_bytes_in_kernel(a: TensorEntry, b: TensorEntry) -> bool | None:
 
 def _whole_in_kernel(acc: _FloatAccumulator, entry: TensorEntry) -> bool:
     """Reduce a contiguous tensor in one call of the C kernel, which reads a file region itself
-    (``file_stats``: pread in pieces that stay in the CPU's second-level cache, no Python per chunk)
+    (``file_stats``: pread into a buffer of its own, no Python per chunk)
     or takes the bytes in memory whole; False where that does not apply (no kernel, another dtype,
     another kind of storage, a view) or the read failed (the chunked path then reports it)."""
     kind = _KERNEL_KINDS.get(entry.dtype)
