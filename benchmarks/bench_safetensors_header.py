@@ -75,7 +75,7 @@ def main() -> None:
             print("pinit:      ", e)
         try:
             package_listing(bad)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             print("safetensors:", type(e).__name__, e)
     sys.stdout.flush()
 
