@@ -335,6 +335,7 @@ def test_quiet_keeps_the_coverage_warning(tmp_path: Path) -> None:
 # --- progress bars -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a pseudo-terminal and subprocesses
 def test_reinit_progress_on_a_terminal(tmp_path: Path, tied_pt: Path) -> None:
     for out in ("o.pt", "o.safetensors"):
         args = ["reinit", tied_pt, "--match", "norm", "--scheme", "normal", "--seed", "0", "-o", tmp_path / out]
@@ -348,6 +349,7 @@ def test_reinit_progress_on_a_terminal(tmp_path: Path, tied_pt: Path) -> None:
         assert r.exit_code == 0 and "re-initializing" not in r.stderr and "\x1b" not in r.stderr, r.stderr
 
 
+@pytest.mark.slow  # a pseudo-terminal and subprocesses
 def test_diff_and_check_progress_on_a_terminal(one: Path) -> None:
     r = run_on_terminal("diff", one, one, env=SMALL_WORK)
     assert r.exit_code == 0 and "comparing" in r.stderr, r.stderr
@@ -359,6 +361,7 @@ def test_diff_and_check_progress_on_a_terminal(one: Path) -> None:
     assert r.exit_code == 0 and r.stderr == "", r.stderr
 
 
+@pytest.mark.slow  # a pseudo-terminal and subprocesses
 def test_no_bar_for_small_work_on_a_terminal(one: Path) -> None:
     r = run_on_terminal("diff", one, one)
     assert r.exit_code == 0 and r.stderr == "", r.stderr

@@ -155,7 +155,13 @@ def test_the_readme_has_commands() -> None:
     assert {"inspect", "reinit", "check", "diff", "schemes"} <= subcommands
 
 
-@pytest.mark.parametrize("cmd", COMMANDS, ids=[c.id for c in COMMANDS])
+@pytest.mark.parametrize(
+    "cmd",
+    [  # the report lines draw plots with matplotlib (seconds each): CI runs them, the fast loop does not
+        pytest.param(c, marks=pytest.mark.slow) if " report " in f" {c.text} " else c for c in COMMANDS
+    ],
+    ids=[c.id for c in COMMANDS],
+)
 def test_readme_command(cmd: Command, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for part, reason in SKIP.items():
         if part in cmd.text:

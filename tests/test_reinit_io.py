@@ -913,6 +913,7 @@ def test_safetensors_to_pt_is_torch_loadable_and_streamed(tmp_path: Path) -> Non
     assert run_cli("diff", src, out, "--match", "^(?!f32$)").exit_code == 0
 
 
+@pytest.mark.slow  # subprocesses that import torch
 @pytest.mark.parametrize("ext", [".safetensors", ".pt"])
 def test_real_file_size_limit_midway_leaves_original(tmp_path: Path, ext: str) -> None:
     """A genuine failure, not a mock: the child may write at most 64 KiB per file (RLIMIT_FSIZE)."""
@@ -1122,6 +1123,7 @@ def test_writer_output_equals_save_file_for_every_layout(tmp_path: Path) -> None
     assert offsets[-1][1] == len(raw) - 8 - n
 
 
+@pytest.mark.slow  # subprocesses that import torch
 def test_cli_output_is_complete_when_torch_was_loaded(tmp_path: Path) -> None:
     """The CLI exits without the interpreter's teardown once torch is loaded: what it printed
     must still all arrive, through a pipe, with the right exit code."""
@@ -1142,6 +1144,7 @@ def test_cli_output_is_complete_when_torch_was_loaded(tmp_path: Path) -> None:
     assert not missing.parent.exists()
 
 
+@pytest.mark.slow  # subprocesses that import torch
 def test_main_called_from_python_returns_control_after_torch_was_loaded(tmp_path: Path) -> None:
     """Only the console script skips the interpreter's teardown; ``pinit.cli.main`` ends in
     SystemExit, so a Python caller goes on after it (here: twice, then prints)."""

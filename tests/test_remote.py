@@ -29,6 +29,8 @@ from safetensors.torch import save_file
 from conftest import assert_one_error_line, run_cli
 from remote_servers import HubStub, RangeServer, moto_server
 
+pytestmark = pytest.mark.slow  # servers on 127.0.0.1 (HTTP, S3, a Hub stub): CI runs it, the fast loop does not
+
 BIG = 2 << 30  # "2 GB": a sparse file, its data all holes
 KB = 1 << 10
 MB = 1 << 20

@@ -49,6 +49,8 @@ import torch
 from conftest import Result, assert_one_error_line, run_cli
 from pinit.errors import runs_code
 
+pytestmark = pytest.mark.slow  # 306 hostile-pickle runs: CI runs it, the fast loop does not
+
 # ---------------------------------------------------------------- building malicious pickles
 
 

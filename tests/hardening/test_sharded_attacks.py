@@ -33,6 +33,8 @@ from safetensors.torch import save_file
 
 from conftest import assert_one_error_line, run_cli
 
+pytestmark = pytest.mark.slow  # hostile sharded folders: CI runs it, the fast loop does not
+
 # ---------------------------------------------------------------- which files pinit opens
 
 _OPENED: list[str] | None = None
