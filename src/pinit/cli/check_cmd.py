@@ -59,8 +59,8 @@ def check(
         typer.Option(
             "--strip-prefix",
             metavar="PREFIX",
-            help="With --model: remove PREFIX (e.g. module.) from the file's tensor names that start with it "
-            "before comparing them with the model's.",
+            help="With --model: compare only the file's tensors under PREFIX (e.g. module., or "
+            "state_dict.model. for Lightning), with PREFIX removed from their names.",
         ),
     ] = None,
     fmt: Annotated[CheckFormat, typer.Option("--format", "-f", help="Output format.")] = CheckFormat.text,
