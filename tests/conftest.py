@@ -50,6 +50,16 @@ def run_cli(*args: str | os.PathLike[str]) -> Result:
     return Result(r.exit_code, r.stdout, r.stderr)
 
 
+def diff_json(a: str | os.PathLike[str], b: str | os.PathLike[str], *args: str) -> tuple[int, dict[str, Any]]:
+    """``pinit diff A B ARGS --format json``: its exit code (0 or 1) and its document, whose
+    ``summary.equal`` must agree with the exit code."""
+    r = run_cli("diff", a, b, *args, "--format", "json")
+    assert r.exit_code in (0, 1), (r.exit_code, r.stdout, r.stderr)
+    doc = r.json()
+    assert doc["summary"]["equal"] is (r.exit_code == 0)
+    return r.exit_code, doc
+
+
 def run_subprocess(*args: str | os.PathLike[str], env: dict[str, str] | None = None) -> Result:
     """Run ``python -m pinit ARGS`` in a fresh interpreter (for import checks and real exits)."""
     full_env = {**os.environ, **(env or {})}

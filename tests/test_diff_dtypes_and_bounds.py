@@ -18,16 +18,8 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import SAMPLES, assert_clean, assert_one_error_line, run_cli, save_checkpoint
+from conftest import SAMPLES, assert_clean, assert_one_error_line, diff_json, run_cli, save_checkpoint
 from pinit.cli.output import fmt_num
-
-
-def diff_json(a: Path, b: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    r = run_cli("diff", a, b, *args, "--format", "json")
-    assert r.exit_code in (0, 1), (r.exit_code, r.stdout, r.stderr)
-    doc = r.json()
-    assert doc["summary"]["equal"] is (r.exit_code == 0)
-    return r.exit_code, doc
 
 
 def entry(doc: dict[str, Any], name: str) -> dict[str, Any]:

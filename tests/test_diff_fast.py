@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import pinit.stats
-from conftest import assert_one_error_line, run_cli, run_subprocess, save_checkpoint
+from conftest import assert_one_error_line, diff_json, run_cli, run_subprocess, save_checkpoint
 from pinit.checkpoint import open_checkpoint
 from pinit.diff import diff_checkpoints
 
@@ -31,14 +31,6 @@ def path_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     elif not pinit.stats.kernel_available():
         pytest.skip("pinit._kernel is not built")
     return str(request.param)
-
-
-def diff_json(a: Path, b: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    r = run_cli("diff", a, b, *args, "--format", "json")
-    assert r.exit_code in (0, 1), (r.exit_code, r.stdout, r.stderr)
-    doc = r.json()
-    assert doc["summary"]["equal"] is (r.exit_code == 0)
-    return r.exit_code, doc
 
 
 def by_name(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import pinit.stats
 from pinit.diff import TensorDiff, _Acc
 from pinit.stats import _FloatAccumulator
+from test_kernel import assert_matches_reference
 
 kernel = pinit.stats._load_kernel()
 pytestmark = pytest.mark.skipif(kernel is None, reason="pinit._kernel is not built")
@@ -34,26 +35,10 @@ ISA_IDS = [["portable", "avx2", "avx512"][i] for i in ISAS]
 
 
 def reference_check(part: tuple, values: np.ndarray, tiny: float, max_abs: float = 1e6, tol: float = 1e-6) -> None:
-    """Counts, min and max exact; mean and spread within ``tol`` of the data's scale."""
+    """One reduced part against a plain float64 computation (test_kernel's reference)."""
     acc = _FloatAccumulator(tiny, max_abs)
     acc.add_reduced(part)
-    with np.errstate(invalid="ignore"):  # signalling NaN patterns
-        x = values.astype(np.float64)
-    fin = x[np.isfinite(x)]
-    assert acc.n == fin.size
-    assert acc.nan == int(np.isnan(x).sum())
-    assert acc.inf == int(np.isinf(x).sum())
-    assert acc.zeros == int((fin == 0).sum())
-    assert acc.subnormal == int(((fin != 0) & (np.abs(fin) < tiny)).sum())
-    assert acc.huge == int((np.abs(fin) > max_abs).sum())
-    if not fin.size:
-        return
-    assert (acc.min, acc.max) == (fin.min(), fin.max())
-    mean = fin.mean()
-    m2 = float(((fin - mean) ** 2).sum())
-    scale = max(abs(mean), math.sqrt(m2 / fin.size))
-    assert abs(acc.mean - mean) <= tol * scale
-    assert abs(math.sqrt(max(acc.m2, 0.0) / fin.size) - math.sqrt(m2 / fin.size)) <= tol * scale
+    assert_matches_reference(acc, values, tiny, max_abs, tol)
 
 
 def encode(x32: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray]:

@@ -120,14 +120,8 @@ class FileSource(Source):
         return [self.path]
 
     def close(self) -> None:
-        if not isinstance(self.fd, int):  # a remote file (pinit.remote.RemoteFile)
-            self.fd.close()
-        elif self.fd >= 0:
-            try:
-                os.close(self.fd)
-            except OSError:
-                pass
-            self.fd = -1
+        close_ref(self.fd)  # a descriptor, or a remote file (pinit.remote.RemoteFile)
+        self.fd = -1
 
 
 class SafetensorsSource(FileSource):

@@ -100,9 +100,13 @@ def reopen(src: FileRef) -> BinaryIO:
 
 
 def close_ref(src: FileRef) -> None:
+    """Close a descriptor (``-1``: already closed; an error closing it is ignored) or a remote file."""
     if isinstance(src, int):
         if src >= 0:
-            os.close(src)
+            try:
+                os.close(src)
+            except OSError:
+                pass
     else:
         src.close()
 

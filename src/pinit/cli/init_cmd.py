@@ -42,10 +42,7 @@ def init(
             show_default="default",
         ),
     ] = None,
-    plan: Annotated[
-        str | None,
-        typer.Option("--plan", metavar="FILE", help="TOML file of [[rule]] tables (match, scheme, options)."),
-    ] = None,
+    plan: opt.Plan = None,
     match: opt.Match = None,
     exclude: opt.Exclude = None,
     a: opt.SchemeA = None,

@@ -135,6 +135,11 @@ def warning_filter(quiet: bool, no_warnings: bool) -> Callable[[bool], bool]:
     return shown
 
 
+Plan = Annotated[
+    str | None,
+    typer.Option("--plan", metavar="FILE", help="TOML file of [[rule]] tables (match, scheme, options)."),
+]
+
 # The options of the schemes (reinit and init), one to one onto torch.nn.init's arguments.
 _SCHEME_PANEL = "Scheme options (mapped onto torch.nn.init arguments)"
 SchemeA = Annotated[

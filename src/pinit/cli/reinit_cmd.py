@@ -31,10 +31,7 @@ def reinit(
         str | None,
         typer.Option("--scheme", "-s", metavar="NAME", help="Scheme name (see 'pinit schemes'), e.g. kaiming_normal."),
     ] = None,
-    plan: Annotated[
-        str | None,
-        typer.Option("--plan", metavar="FILE", help="TOML file of [[rule]] tables (match, scheme, options)."),
-    ] = None,
+    plan: opt.Plan = None,
     a: opt.SchemeA = None,
     b: opt.SchemeB = None,
     mean: opt.SchemeMean = None,

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from pinit import dtypes
 from pinit.checkpoint import Checkpoint, LoadOptions, Source
 from pinit.errors import PinitError
-from pinit.files import open_regular, read_regular
+from pinit.files import close_ref, open_regular, read_regular
 from pinit.flatten import iter_tensors
 from pinit.formats import torch_zip, zip_layout
 from pinit.storage import FileStorage, Storage, StreamStorage, TensorEntry, contiguous_strides
@@ -603,12 +603,8 @@ class DcpSource(Source):
 
     def close(self) -> None:
         for f in self.dcp_files.values():
-            if f.fd >= 0:
-                try:
-                    os.close(f.fd)
-                except OSError:
-                    pass
-                f.fd = -1
+            close_ref(f.fd)
+            f.fd = -1
 
 
 def _value_of(name: str, item: Item | None, files: dict[str, DcpFile], allowed: frozenset[str]) -> Any:
