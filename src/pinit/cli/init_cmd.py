@@ -117,8 +117,8 @@ def _render(result: InitResult) -> None:
     ]
     title = f"{result.model}: initialized (seed {result.seed})"
     out.render_table([out.Col("module / tensor", "name", 0), out.Col("how", "text", 1)], rows, title=title)
-    for name in result.not_covered:
-        print(out.safe_line(f"not covered: {name}"))
+    if result.not_covered:
+        print(out.safe_line(f"not covered (kept as built): {', '.join(result.not_covered)}"))
     if result.aliases:
         print(out.safe_line("tied, saved once: " + ", ".join(f"{k} = {v}" for k, v in result.aliases.items())))
     print(out.safe_line(f"wrote {result.out} ({result.format})"))
