@@ -217,17 +217,79 @@ def test_reinit_out_safetensors(tmp_path: Path) -> None:
             assert torch.equal(got[name], t.contiguous()), name
 
 
-def test_reinit_out_pt(tmp_path: Path) -> None:
-    folder = save_simple(tmp_path / "ck")
-    expected = torch_view(folder, tmp_path)
+def _assert_same_tree(a: Any, b: Any, path: str = "", differ: frozenset[str] = frozenset()) -> None:
+    """``a`` and ``b`` hold the same containers (types, keys in order), values and tensors
+    (dtype, shape, and values except at the paths in ``differ``)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and (a.dtype, a.shape) == (b.dtype, b.shape), path
+        assert torch.equal(a, b) != (path in differ), path
+        return
+    assert type(a) is type(b), (path, type(a), type(b))
+    if isinstance(a, dict):
+        assert list(a) == list(b), (path, list(a), list(b))
+        for k in a:
+            _assert_same_tree(a[k], b[k], f"{path}.{k}" if path else str(k), differ)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_tree(x, y, f"{path}.{i}" if path else str(i), differ)
+    else:
+        assert a == b, (path, a, b)
+
+
+def test_reinit_out_pt_is_what_dcp_to_torch_save_writes(tmp_path: Path) -> None:
+    """The .pt is the nested state dict of ``dcp_to_torch_save``, non-tensor values included
+    (optimizer param_groups, epoch, a list holding tensors), read with weights_only=True."""
+    state = _model_state()
+    state["mixed"] = [torch.ones(2), {"a": torch.zeros(1)}, "text"]
+    dcp.save(state, checkpoint_id=str(tmp_path / "ck"))
+    folder = tmp_path / "ck"
+    torch_pt = tmp_path / "torch.pt"
+    dcp_to_torch_save(str(folder), str(torch_pt))
+    expected = torch.load(torch_pt, weights_only=False)
     out = tmp_path / "out.pt"
     r = run_cli("reinit", folder, "--match", r"^model\.0\.bias$", "--scheme", "ones", "--out", out)
     assert r.exit_code == 0, r.stdout + r.stderr
+    assert "not written" not in r.stderr, r.stderr
     got = torch.load(out, weights_only=True)
-    assert torch.equal(got["model.0.bias"], torch.ones(6))
-    for name, t in expected.items():
-        if name != "model.0.bias":
-            assert torch.equal(got[name], t), name
+    assert torch.equal(got["model"]["0.bias"], torch.ones(6))
+    _assert_same_tree(expected, got, differ=frozenset({"model.0.bias"}))
+    assert got["optim"]["param_groups"][0]["betas"] == (0.9, 0.999) and got["epoch"] == 7
+    r = run_cli("diff", folder, out, "--format", "json")  # the nested .pt reads back under DCP's names
+    assert r.exit_code == 1, r.stdout + r.stderr
+    changed = [t["name"] for t in r.json()["tensors"] if t["status"] != "identical"]
+    assert changed == ["model.0.bias"], changed
+
+
+def test_reinit_out_pt_names_values_it_leaves_out(tmp_path: Path) -> None:
+    """A non-tensor value pinit does not unpickle (over 1 MiB) is named and left out; the rest
+    is written."""
+    dcp.save({"w": torch.ones(3), "blob": "x" * (2 << 20), "step": 3}, checkpoint_id=str(tmp_path / "ck"))
+    out = tmp_path / "out.pt"
+    r = run_cli("reinit", tmp_path / "ck", "--match", "^w$", "--scheme", "zeros", "--out", out)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert "not written" in r.stderr and "blob" in r.stderr, r.stderr
+    got = torch.load(out, weights_only=True)
+    assert set(got) == {"w", "step"} and got["step"] == 3 and torch.equal(got["w"], torch.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("planner_data", "message"),
+    [
+        ({"model.0.weight": ("model", 10**12)}, "invalid object path"),  # would build a huge list
+        ({"model.0.weight": ("model", True)}, "invalid object path"),
+        ({"model.0.weight": ("epoch", "x")}, "contradicts"),  # a key below the value 7
+    ],
+)
+def test_hostile_object_paths_are_clean_errors(tmp_path: Path, planner_data: dict[str, Any], message: str) -> None:
+    folder = save_simple(tmp_path / "ck")
+    md = dcp.FileSystemReader(str(folder)).read_metadata()
+    md.planner_data.update(planner_data)
+    (folder / ".metadata").write_bytes(pickle.dumps(md))
+    r = run_cli("reinit", folder, "--match", r"^model\.0\.bias$", "--scheme", "ones", "--out", tmp_path / "o.pt")
+    assert r.exit_code == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("error:") and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "o.pt").exists()
 
 
 def _item_bytes(folder: Path) -> dict[tuple[str, tuple[int, ...] | None], bytes]:

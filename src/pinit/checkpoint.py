@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,13 @@ class Source:
 
     def close(self) -> None:
         pass
+
+    def torch_layout(self, tensors: Mapping[str, Any]) -> tuple[Any, list[str]]:
+        """What a ``.pt`` converted from this checkpoint holds, given a stand-in per tensor name
+        (pickled as that tensor), and the names of the content it leaves out. Here the flat
+        ``{name: tensor}`` dict that ``torch.save(load_file(...))`` writes; a format with
+        non-tensor content of its own (DCP) lays it out as torch's converter does."""
+        return dict(tensors), []
 
 
 class FileSource(Source):

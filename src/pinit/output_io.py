@@ -328,25 +328,26 @@ def _save_flat_dict_as_torch(
     force: bool = False,
     progress: ProgressFn | None = None,
 ) -> None:
-    """Any other source (safetensors, a DCP folder) written as ``.pt``: a flat state dict of
-    its tensors by name (what ``torch.save(load_file(...))`` or ``dcp_to_torch_save`` keep),
-    streamed by pinit's own torch-zip writer: one tensor in memory at a time, no torch."""
-    from pinit.formats.torch_zip_write import write_state_dict_zip
+    """Any other source (safetensors, a DCP folder) written as ``.pt``: the object its source
+    lays out (``Source.torch_layout``: a flat state dict of the tensors by name, as
+    ``torch.save(load_file(...))`` writes; for DCP the nested state dict ``dcp_to_torch_save``
+    writes), streamed by pinit's own torch-zip writer: one tensor in memory at a time, no torch."""
+    from pinit.formats.torch_zip_write import tensor_standins, write_state_dict_zip
 
     if _metadata(ckpt):
         warnings.append("torch files have no metadata: the safetensors __metadata__ is dropped")
-    dropped = non_tensor_names(ckpt)
-    if dropped:  # e.g. DCP's non-tensor values: pickled bytes pinit does not unpickle
-        warnings.append(f"non-tensor content is not written (only tensors are converted): {_some(dropped)}")
     entries = ckpt.tensors
     specs = [(e.name, e.dtype, tuple(e.shape)) for e in entries]
+    obj, dropped = ckpt.source.torch_layout(tensor_standins(specs))
+    if dropped:  # e.g. DCP's non-tensor values that pinit does not unpickle (big, or refused)
+        warnings.append(f"non-tensor content is not written (pinit does not unpickle it): {_some(dropped)}")
     if isinstance(values, PendingValues):
         pending, fill = values.names, values.produce
     else:
         given = dict(values)
         pending, fill = frozenset(given), lambda: (((n,), v) for n, v in given.items())
     with atomic_file(target, backup, force=force, warnings=warnings) as fd:
-        write_state_dict_zip(fd, specs, lambda i: entries[i].iter_bytes(), pending, fill, progress)
+        write_state_dict_zip(fd, specs, lambda i: entries[i].iter_bytes(), pending, fill, progress, obj)
 
 
 def _torch_save(

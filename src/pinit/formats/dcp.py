@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import itertools
 import math
 import os
 import threading
@@ -223,12 +224,19 @@ def _storage_items(md: dict[str, Any]) -> dict[tuple[str, tuple[int, ...] | None
     return out
 
 
-def parse_metadata(obj: Any) -> tuple[list[TensorMeta], dict[str, Item | None]]:
-    """Tensors (in the metadata's order) and non-tensor items of an unpickled ``.metadata``."""
+ObjPath = tuple[str | int, ...]
+
+
+def parse_metadata(obj: Any) -> tuple[list[TensorMeta], dict[str, Item | None], dict[str, ObjPath | None]]:
+    """Tensors (in the metadata's order), non-tensor items and, for every item in the metadata's
+    order, its object path (``planner_data``: where the flat name sits in the nested state dict;
+    None for a name saved unflattened) of an unpickled ``.metadata``."""
     md = _state(obj, "Metadata", "the .metadata pickle")
     sdm = md.get("state_dict_metadata")
     if not isinstance(sdm, dict):
         raise PinitError("DCP metadata has no state_dict_metadata")
+    known = _object_paths(md.get("planner_data"), len(sdm))
+    paths = {name: known.get(name) for name in sdm}
     items = _storage_items(md)
     tensors: list[TensorMeta] = []
     others: dict[str, Item | None] = {}
@@ -255,7 +263,69 @@ def parse_metadata(obj: Any) -> tuple[list[TensorMeta], dict[str, Item | None]]:
                 raise PinitError(f"tensor '{name}': the chunk at offsets {list(offsets)} is stored nowhere")
             chunks.append(Chunk(offsets, sizes, item))
         tensors.append(TensorMeta(name, dtype, shape, requires_grad, chunks))
-    return tensors, others
+    return tensors, others, paths
+
+
+MAX_LIST_SLACK = 1 << 16  # list indexes in object paths beyond the item count plus this are refused
+
+
+def _object_paths(planner_data: Any, n_items: int) -> dict[str, ObjPath]:
+    """DCP's ``planner_data`` (flat name -> path of str keys and int list indexes), checked: a
+    list index is bounded by the number of items (a hostile index would build a huge list)."""
+    if not isinstance(planner_data, dict):
+        return {}  # saved without flattening: the names are the state dict's own keys
+    paths: dict[str, ObjPath] = {}
+    for name, path in planner_data.items():
+        ok = isinstance(name, str) and isinstance(path, (tuple, list)) and len(path) > 0
+        if not ok or not all(_path_part(p, n_items) for p in path):
+            raise PinitError(f"DCP metadata: invalid object path {path!r:.120} for {name!r:.80}")
+        paths[name] = tuple(path)
+    return paths
+
+
+def _path_part(part: Any, n_items: int) -> bool:
+    if isinstance(part, str):
+        return True
+    return isinstance(part, int) and not isinstance(part, bool) and 0 <= part <= n_items + MAX_LIST_SLACK
+
+
+def set_element(root: dict[str, Any], path: ObjPath, value: Any) -> None:
+    """Put ``value`` at ``path`` in a nested state dict, building dicts (for str keys) and lists
+    (for int indexes, padded with None) on the way: ``torch.distributed.checkpoint``'s
+    ``set_element``, which ``dcp_to_torch_save`` rebuilds the state dict with.  Paths that
+    contradict each other (a key below a value, a str key into a list, two items at one place,
+    where torch would keep the last one) are a PinitError."""
+
+    def extend(lst: list[Any], i: int) -> None:
+        while len(lst) <= i:
+            lst.append(None)
+
+    cur: Any = root
+    try:
+        for prev, key in itertools.pairwise(path):
+            default: Any = {} if isinstance(key, str) else []
+            if isinstance(cur, dict):
+                cur = cur.setdefault(prev, default)
+            elif isinstance(cur, list) and isinstance(prev, int):
+                extend(cur, prev)
+                if cur[prev] is None:
+                    cur[prev] = default
+                cur = cur[prev]
+            else:
+                raise TypeError
+        key = path[-1]
+        if isinstance(cur, list) and isinstance(key, int):
+            extend(cur, key)
+            taken = cur[key] is not None
+        elif isinstance(cur, dict):
+            taken = key in cur
+        else:
+            raise TypeError
+        if taken:  # torch would overwrite one item with the other: refuse instead
+            raise TypeError
+        cur[key] = value
+    except (TypeError, IndexError):
+        raise PinitError(f"DCP metadata: the object path {list(path)!r:.120} contradicts another item's") from None
 
 
 # ---------------------------------------------------------------------------- the chunk grid
@@ -594,9 +664,30 @@ class DcpSource(Source):
         self.non_tensor: list[str] = []  # names of the non-tensor values, in the metadata's order
         self.non_tensor_items: dict[str, Item | None] = {}
         self.tree: dict[str, Any] = {}
+        # every item's place in the nested state dict (planner_data), in the metadata's order
+        self.paths: dict[str, ObjPath | None] = {}
 
     def is_tensor(self, x: Any) -> bool:
         return isinstance(x, _TensorLeaf)
+
+    def torch_layout(self, tensors: Mapping[str, Any]) -> tuple[Any, list[str]]:
+        """The nested state dict ``dcp_to_torch_save`` writes: every item at its object path,
+        ``tensors[name]`` for the tensors, the non-tensor values as read (as data); a value pinit
+        does not unpickle (big, holding a tensor, or refused) is left out and named."""
+        root: dict[str, Any] = {}
+        dropped: list[str] = []
+        for name, path in self.paths.items():
+            value = self.tree[name]
+            if isinstance(value, _TensorLeaf):
+                value = tensors[name]
+            elif isinstance(value, NonTensorItem):
+                dropped.append(name)
+                continue
+            if path is None:
+                root[name] = value
+            else:
+                set_element(root, path, value)
+        return root, dropped
 
     def files(self) -> list[str]:
         return [self.metadata_path, *(f.path for f in self.dcp_files.values())]
@@ -652,12 +743,13 @@ def open_dcp(folder: Path, options: LoadOptions, path: str | None = None) -> Che
     metadata_path = str(folder / METADATA_NAME)
     obj = read_metadata(metadata_path, options.allowed)
     try:
-        tensors, others = parse_metadata(obj)
+        tensors, others, paths = parse_metadata(obj)
     except PinitError as e:
         e.path = e.path or metadata_path
         raise
     files: dict[str, DcpFile] = {}
     source = DcpSource(folder, metadata_path, files)
+    source.paths = paths
     try:
         entries: list[TensorEntry] = []
         for meta in tensors:

@@ -1,7 +1,8 @@
 """Write a new torch zip (what ``torch.save(state_dict)`` writes) from tensors, streamed.
 
 For conversions to ``.pt`` from sources that are not a torch zip already (safetensors, a DCP
-folder): a flat ``{name: tensor}`` dict, one storage record per tensor, without torch and
+folder): a flat ``{name: tensor}`` dict, or a nested state dict of plain data holding the
+tensors (what ``dcp_to_torch_save`` writes), one storage record per tensor, without torch and
 without holding more than one tensor in memory. The layout follows torch 2.13's writer:
 ``<prefix>/data.pkl`` (protocol 2; tensors as ``torch._utils._rebuild_tensor_v2`` of a legacy
 typed storage, or ``_rebuild_tensor_v3`` of an untyped storage for dtypes without one, such as
@@ -82,12 +83,18 @@ class _TorchPickler(PlaceholderPickler):
         return None
 
 
-def state_dict_pickle(tensors: Sequence[tuple[str, str, tuple[int, ...]]]) -> bytes:
-    """``data.pkl`` of a flat dict ``{name: tensor}``; tensor ``i`` in storage record ``str(i)``."""
+def tensor_standins(tensors: Sequence[tuple[str, str, tuple[int, ...]]]) -> dict[str, Any]:
+    """One stand-in per tensor, ``{name: stand-in}`` in order, each pickled as torch pickles a
+    contiguous CPU tensor; tensor ``i`` lives in storage record ``str(i)``. Put them anywhere in
+    the object given to :func:`write_state_dict_zip` (a flat dict, or a nested state dict)."""
     for name, dtype, _ in tensors:
         if dtype not in dtypes.BY_NAME:
             raise PinitError(f"tensor '{name}' has dtype {dtype}, which pinit cannot write to a torch file")
-    obj = {name: _Tensor(str(i), dtype, tuple(shape)) for i, (name, dtype, shape) in enumerate(tensors)}
+    return {name: _Tensor(str(i), dtype, tuple(shape)) for i, (name, dtype, shape) in enumerate(tensors)}
+
+
+def state_dict_pickle(obj: Any) -> bytes:
+    """``data.pkl`` of ``obj``: plain data holding the stand-ins of :func:`tensor_standins`."""
     buf = io.BytesIO()
     _TorchPickler(buf, protocol=2).dump(obj)
     return buf.getvalue()
@@ -113,10 +120,13 @@ def write_state_dict_zip(
     pending: frozenset[str] = frozenset(),
     fill: Callable[[], Iterable[tuple[Sequence[str], np.ndarray]]] | None = None,
     progress: Callable[[int], None] | None = None,
+    obj: Any = None,
 ) -> None:
-    """Write a torch zip of ``{name: tensor}`` to ``fd`` (a new, empty file).
+    """Write a torch zip of ``obj`` (by default the flat dict ``{name: tensor}``) to ``fd`` (a
+    new, empty file).
 
-    ``tensors`` are (name, dtype, shape) in the dict's order; ``chunks_of(i)`` yields the bytes
+    ``tensors`` are (name, dtype, shape) in the dict's order; ``obj`` holds their stand-ins
+    (:func:`tensor_standins` of the same ``tensors``); ``chunks_of(i)`` yields the bytes
     of tensor ``i`` in chunks, for every name not in ``pending``; the bytes of the ``pending``
     names come from ``fill()``, one tensor (and the names sharing it) at a time."""
     sizes = [_nbytes(dtype, shape) for _, dtype, shape in tensors]
@@ -139,7 +149,7 @@ def write_state_dict_zip(
             if done != sizes[i]:
                 raise PinitError(f"tensor '{tensors[i][0]}': {done} bytes written, not {sizes[i]}")
 
-        member("data.pkl", state_dict_pickle(tensors))
+        member("data.pkl", state_dict_pickle(tensor_standins(tensors) if obj is None else obj))
         member(".format_version", b"1")
         member(".storage_alignment", str(ALIGNMENT).encode())
         member("byteorder", b"little")
