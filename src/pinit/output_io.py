@@ -27,10 +27,13 @@ from pinit.checkpoint import (
     TorchZipSource,
 )
 from pinit.errors import PinitError
+from pinit.files import FileRef, reopen, size_of
 from pinit.flatten import flatten
 from pinit.grouping import storage_groups
 from pinit.storage import FileStorage, StreamStorage, TensorEntry, contiguous_strides
-from pinit.writers import OutTensor, atomic_file, check_write, write_error, write_safetensors
+from pinit.writers import OutTensor, atomic_file, check_write, pwrite_all, write_error, write_safetensors
+
+REMOTE_COPY_CHUNK = 8 << 20  # a remote torch zip is downloaded into the output in these pieces
 
 
 def _shards(ckpt: Checkpoint) -> list[Checkpoint]:
@@ -194,12 +197,6 @@ def _write_file(
         if progress is not None:
             progress(_copied_bytes(ckpt, values.names if isinstance(values, PendingValues) else values))
     elif isinstance(ckpt.source, TorchZipSource):
-        if not isinstance(ckpt.source.fd, int):  # a remote file (pinit.remote): no descriptor to copy from
-            raise PinitError(
-                "a remote torch zip is re-initialized into safetensors only (--out FILE.safetensors); "
-                "download it to write a torch file",
-                ckpt.path,
-            )
         _patch_torch_zip(ckpt, ckpt.source.fd, values, target, backup, warnings, force, progress)
     elif isinstance(ckpt.source, TorchLoadedSource):
         _save_torch_tree(ckpt, values, target, backup, load_options, warnings, force, progress)
@@ -380,7 +377,7 @@ def _torch_save(
 
 def _patch_torch_zip(
     ckpt: Checkpoint,
-    src_fd: int,
+    src_fd: FileRef,
     values: Values,
     target: str,
     backup: bool,
@@ -393,7 +390,8 @@ def _patch_torch_zip(
     for a non-contiguous view), then fix the CRC-32 of each record changed.  The pickle and every
     other member stay byte for byte as they were (so ties, storage locations such as ``cuda:0``
     and non-tensor content are kept); ``torch.load`` is never called.  New values are taken one
-    tensor at a time from a :class:`PendingValues`."""
+    tensor at a time from a :class:`PendingValues`.  A remote input (``pinit.remote``) is
+    checked the same way through ranged reads, then downloaded into the output and patched."""
     from pinit.formats import zip_patch
 
     infos = _zip_members(src_fd, ckpt.path)
@@ -401,7 +399,7 @@ def _patch_torch_zip(
     by_name = {e.name: e for e in ckpt.tensors}
     lookup = zip_patch.ZipPatcher(src_fd, infos=infos)
     records = {e.name: _record_of(e, src_fd, lookup, ckpt.path) for e in ckpt.tensors if e.name in names}
-    size = os.fstat(src_fd).st_size
+    size = size_of(src_fd)
     total = progress_write_bytes(ckpt, names, target)  # as the torch.save path counts: the tensor data
     with atomic_file(target, backup, force=force, warnings=warnings) as fd:
         copier = _Copier(src_fd, fd, size, _scaled_progress(progress, total, size))
@@ -425,10 +423,11 @@ def _patch_torch_zip(
 
 
 class _Copier:
-    """Copy a whole file in a second thread (kernel-side, ``zip_patch.copy_file``), starting its
-    write-back as it goes and flushing it at the end, so the final fsync has only the patches left."""
+    """Copy a whole file in a second thread (kernel-side, ``zip_patch.copy_file``; a remote file
+    by its ranged reads, read ahead), starting its write-back as it goes and flushing it at the
+    end, so the final fsync has only the patches left."""
 
-    def __init__(self, src_fd: int, dst_fd: int, size: int, progress: ProgressFn | None) -> None:
+    def __init__(self, src_fd: FileRef, dst_fd: int, size: int, progress: ProgressFn | None) -> None:
         import threading
 
         self.src_fd, self.dst_fd, self.size, self.progress = src_fd, dst_fd, size, progress
@@ -443,9 +442,17 @@ class _Copier:
 
         try:
             done = 0
+            remote = not isinstance(self.src_fd, int)
+            buf = memoryview(bytearray(REMOTE_COPY_CHUNK)) if remote else None
             while done < self.size and not self._stop.is_set():
-                n = min(zip_patch.COPY_CHUNK, self.size - done)
-                zip_patch.copy_file(self.src_fd, self.dst_fd, n, src_offset=done, dst_offset=done)
+                if isinstance(self.src_fd, int):
+                    n = min(zip_patch.COPY_CHUNK, self.size - done)
+                    zip_patch.copy_file(self.src_fd, self.dst_fd, n, src_offset=done, dst_offset=done)
+                else:
+                    assert buf is not None
+                    n = min(len(buf), self.size - done)
+                    self.src_fd.read_data(done, buf[:n], self.size)
+                    pwrite_all(self.dst_fd, buf[:n], done)
                 start_writeback(self.dst_fd, done, n)
                 done += n
                 if self.progress is not None:
@@ -472,17 +479,17 @@ class _Copier:
         self._joined = True
 
 
-def _zip_members(fd: int, path: str) -> list[Any]:
+def _zip_members(fd: FileRef, path: str) -> list[Any]:
     import zipfile
 
     try:
-        with open(os.dup(fd), "rb") as f, zipfile.ZipFile(f) as zf:
+        with reopen(fd) as f, zipfile.ZipFile(f) as zf:
             return zf.infolist()
     except Exception as e:  # BadZipFile, OSError: the file changed since it was read
         raise PinitError(f"not a readable zip archive ({e})", path) from None
 
 
-def _record_of(entry: TensorEntry, src_fd: int, lookup: Any, path: str) -> Any:
+def _record_of(entry: TensorEntry, src_fd: FileRef, lookup: Any, path: str) -> Any:
     """The STORED zip member holding ``entry``'s storage, alone in its bytes; a PinitError otherwise."""
     import zipfile
 
@@ -493,7 +500,9 @@ def _record_of(entry: TensorEntry, src_fd: int, lookup: Any, path: str) -> Any:
             "and can rewrite only stored (uncompressed) records, as torch.save writes them",
             path,
         )
-    info = lookup.member_at(storage.offset) if isinstance(storage, FileStorage) and storage.fd == src_fd else None
+    # the file the storage's bytes are in: a descriptor, or a remote file (pinit.remote.RangeStorage)
+    where = storage.fd if isinstance(storage, FileStorage) else getattr(storage, "rf", None)
+    info = lookup.member_at(storage.offset) if where is not None and where == src_fd else None
     if info is None:
         raise PinitError(f"tensor '{entry.name}' is not in a record of the zip archive pinit can rewrite", path)
     if info.compress_type != zipfile.ZIP_STORED:

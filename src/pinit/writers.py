@@ -393,10 +393,11 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> None:
         _sync_file_range = None
         if sys.platform.startswith("linux"):
             import ctypes
-            import ctypes.util
 
             try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+                # the process's own symbols, libc's among them (ctypes.util.find_library would
+                # run ldconfig in a subprocess)
+                libc = ctypes.CDLL(None, use_errno=True)
                 fn = libc.sync_file_range
                 fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
                 _sync_file_range = fn

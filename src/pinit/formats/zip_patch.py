@@ -32,6 +32,7 @@ import zlib
 from collections.abc import Callable, Iterable
 
 from pinit.errors import PinitError
+from pinit.files import FileRef, pread, size_of
 from pinit.formats import zip_layout
 
 CRC_CHUNK = 4 << 20
@@ -47,11 +48,11 @@ _DESCRIPTOR_FLAG = 0x8
 Bytes = bytes | bytearray | memoryview
 
 
-def _file_end(fd: int, end: int | None) -> int:
-    return os.fstat(fd).st_size if end is None else end
+def _file_end(fd: FileRef, end: int | None) -> int:
+    return size_of(fd) if end is None else end
 
 
-def record_span(fd: int, info: zipfile.ZipInfo, base: int = 0, end: int | None = None) -> tuple[int, int]:
+def record_span(fd: FileRef, info: zipfile.ZipInfo, base: int = 0, end: int | None = None) -> tuple[int, int]:
     """(absolute offset where the record's data starts, its length in the archive) -- the data as
     miniz reads it, after the local header's own name and extra field, which are checked
     (``zip_layout.data_offset``); a PinitError where the header is bad or the data runs past ``end``."""
@@ -95,7 +96,7 @@ def copy_file(
             progress(n)
 
 
-def _central_directory(fd: int, base: int, end: int) -> tuple[int, int]:
+def _central_directory(fd: FileRef, base: int, end: int) -> tuple[int, int]:
     """(absolute offset of the central directory, its entry count) of the archive in [base, end),
     where miniz reads it (``zip_layout``, which also checks the end records)."""
     ofs, total = zip_layout._central_directory(fd, end, base)
@@ -130,7 +131,7 @@ class ZipPatcher:
     """
 
     def __init__(
-        self, fd: int, base: int = 0, end: int | None = None, infos: Iterable[zipfile.ZipInfo] | None = None
+        self, fd: FileRef, base: int = 0, end: int | None = None, infos: Iterable[zipfile.ZipInfo] | None = None
     ) -> None:
         self.fd = fd
         self.base = base
@@ -145,11 +146,11 @@ class ZipPatcher:
             at, total = _central_directory(self.fd, self.base, self.end)
             central: dict[tuple[int, bytes], int] = {}
             for _ in range(total):
-                entry = os.pread(self.fd, _CENTRAL_HEADER_SIZE, at)
+                entry = pread(self.fd, _CENTRAL_HEADER_SIZE, at)
                 if len(entry) < _CENTRAL_HEADER_SIZE or entry[:4] != _CENTRAL_SIG:
                     raise PinitError("not a readable zip archive (bad central directory entry)")
                 name_len, extra_len, comment_len = struct.unpack("<HHH", entry[28:34])
-                tail = os.pread(self.fd, name_len + extra_len, at + _CENTRAL_HEADER_SIZE)
+                tail = pread(self.fd, name_len + extra_len, at + _CENTRAL_HEADER_SIZE)
                 name, extra = tail[:name_len], tail[name_len:]
                 central[(_local_offset(entry, extra), name)] = at
                 at += _CENTRAL_HEADER_SIZE + name_len + extra_len + comment_len
