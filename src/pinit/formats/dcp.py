@@ -683,10 +683,7 @@ class DcpSource(Source):
             elif isinstance(value, NonTensorItem):
                 dropped.append(name)
                 continue
-            if path is None:
-                root[name] = value
-            else:
-                set_element(root, path, value)
+            set_element(root, (name,) if path is None else path, value)
         return root, dropped
 
     def files(self) -> list[str]:
