@@ -5,7 +5,7 @@
   once or always per path: ``404``, ``403``, ``503`` (status answers), ``drop`` (the connection closed
   after half of a body), ``ignore-range`` (a 200 with the whole body announced), ``stall`` (no answer
   for ``stall_s`` seconds), ``pass`` (none: to let earlier requests through); ``max_active`` is the
-  most GET bodies it sent at once.
+  most GET bodies it sent at once; ``swaps`` replaces a file by another one mid-read.
 - :class:`HubStub`: the two Hugging Face Hub endpoints pinit uses (``HF_ENDPOINT``): the tree listing
   ``/api/{models,datasets}/ORG/REPO/tree/REV[/PATH]`` and the file URLs ``/ORG/REPO/resolve/REV/PATH``
   (with ranges), over a folder ``ROOT/ORG/REPO/...``; repositories named in ``private`` need the token.
@@ -47,6 +47,8 @@ class _Server(ThreadingHTTPServer):
         self.delay = 0.0  # seconds before each body (to see requests overlap)
         self.stall_s = 2.0  # the "stall" fault: this long before any answer
         self.lock = threading.Lock()
+        self.swaps: dict[str, tuple[int, Path]] = {}  # path -> (offset, file): replaced by that file
+        # (os.replace, once) when a GET asks for a range starting at or after the offset
         self.active = 0  # GET requests being answered now
         self.max_active = 0  # the most at once
 
@@ -114,10 +116,16 @@ class _RangeHandler(BaseHTTPRequestHandler):
         if full is None:
             self._status(404, b"not found\n")
             return
+        rng = self.headers.get("Range")
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", (rng or "").strip())
+        with self.server.lock:
+            swap = self.server.swaps.get(path)
+            if swap is not None and not head and m and int(m.group(1)) >= swap[0]:
+                del self.server.swaps[path]
+                os.replace(swap[1], full)  # the file is replaced while a client reads it
         st = full.stat()
         size = st.st_size
         start, end = 0, size
-        rng = self.headers.get("Range")
         partial = False
         if rng and fault != "ignore-range":
             m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
@@ -263,7 +271,14 @@ class RangeServer:
             self.httpd.max_active = 0
             self.httpd.faults.clear()
             self.httpd.always.clear()
+            self.httpd.swaps.clear()
             self.httpd.delay = 0.0
+
+    def swap(self, path: str, offset: int, replacement: Path) -> None:
+        """Replace the file served at ``path`` by ``replacement`` (moved there) when a GET first asks
+        for a range starting at or after ``offset``: the file changes while a client reads it."""
+        with self.httpd.lock:
+            self.httpd.swaps[path] = (offset, replacement)
 
     def fault(self, path: str, *faults: str) -> None:
         """Answer the next requests of ``path`` with these faults, one each."""

@@ -654,6 +654,36 @@ def test_remote_torch_zip_reinit_to_pt_equals_the_local_rewrite(root: Path, srv:
     assert got["model"]["v"].stride() == src["model"]["v"].stride() and torch.count_nonzero(got["model"]["v"]) == 0
 
 
+@pytest.mark.parametrize("command", ["reinit", "check"])
+def test_a_file_replaced_while_read_is_refused(root: Path, srv: RangeServer, tmp_path: Path, command: str) -> None:
+    """The file is replaced on the server (same size, other values) while pinit reads its data:
+    no mixed output and no verdict on mixed bytes, one error naming the change."""
+    gen = torch.Generator().manual_seed(6)
+    for name in ("swapped.pt", "other.pt"):
+        with open(root / name, "wb") as f:  # saved through a file object: both archives named "archive"
+            torch.save({"a": torch.randn(5 * MB, generator=gen), "w": torch.randn(40, 30, generator=gen)}, f)
+    assert (root / "swapped.pt").stat().st_size == (root / "other.pt").stat().st_size
+    os.utime(root / "other.pt", ns=(1, 1))  # another Last-Modified and ETag, as a new upload has
+    try:
+        srv.swap("/swapped.pt", 8 << 20, root / "other.pt")  # once the first data piece was read
+        url = f"{srv.url}/swapped.pt"
+        if command == "reinit":
+            r = run_cli("reinit", url, "--scheme", "zeros", "--match", "^w$", "--out", tmp_path / "out.pt")
+            assert_one_error_line(r)
+            assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
+        else:
+            r = run_cli("check", url, "--format", "json")
+            assert r.exit_code == 1, r.stdout + r.stderr
+            findings = r.json()["files"][0]["findings"]
+            assert [f["code"] for f in findings] == ["unreadable"], findings
+            r.stderr = findings[0]["message"]
+        assert "changed on the server while pinit read it" in r.stderr, r.stderr
+        assert not srv.httpd.swaps, "the file was not replaced during the read"
+    finally:
+        for name in ("swapped.pt", "other.pt"):
+            (root / name).unlink(missing_ok=True)
+
+
 def test_remote_torch_zip_reinit_to_safetensors(root: Path, srv: RangeServer, tmp_path: Path) -> None:
     url = f"{srv.url}/model.pt"
     r = run_cli("reinit", url, "--scheme", "zeros", "--match", "w$", "--out", tmp_path / "out.safetensors")

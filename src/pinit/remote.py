@@ -330,6 +330,7 @@ class HttpBackend(Backend):
                 raise PinitError(
                     f"the server answered the range {start}-{end - 1} with {span or 'no range'}", self.display
                 )
+            _same_file(self._validator, _validator_of(resp), self.display)
             return _body(resp, end - start)
         except BaseException:
             self._drop(scheme, netloc)  # the body may be unread: the connection cannot be reused
@@ -381,6 +382,19 @@ class FsspecBackend(Backend):
 def _validator_of(resp: http.client.HTTPResponse) -> str:
     etag = resp.getheader("X-Linked-Etag") or resp.getheader("ETag") or ""
     return f"{etag}|{resp.getheader('Last-Modified') or ''}"
+
+
+def _same_file(first: str, now: str, display: str) -> None:
+    """Refuse a range whose ETag or Last-Modified (either, where both answers carry it) differs
+    from the file's when it was opened: the file was replaced while pinit read it, and bytes of
+    two versions must never be mixed into one verdict or one output file."""
+    for was, got in zip(first.split("|", 1), now.split("|", 1), strict=False):
+        if was and got and was != got:
+            raise PinitError(
+                "the file changed on the server while pinit read it (its ETag/Last-Modified differ "
+                "from when it was opened); nothing was written: run again",
+                display,
+            )
 
 
 class CachedBackend(Backend):
