@@ -279,6 +279,9 @@ def test_reinit_out_pt_names_values_it_leaves_out(tmp_path: Path) -> None:
         ({"model.0.weight": ("model", 10**12)}, "invalid object path"),  # would build a huge list
         ({"model.0.weight": ("model", True)}, "invalid object path"),
         ({"model.0.weight": ("epoch", "x")}, "contradicts"),  # a key below the value 7
+        ({"model.0.weight": ("epoch",)}, "contradicts"),  # two items at one place
+        # each index within bounds, but together they would pad lists with millions of Nones
+        ({n: ("pad", i, *(60000,) * 4) for i, n in enumerate(("model.0.weight", "model.0.bias", "epoch"))}, "gaps"),
     ],
 )
 def test_hostile_object_paths_are_clean_errors(tmp_path: Path, planner_data: dict[str, Any], message: str) -> None:
@@ -289,7 +292,42 @@ def test_hostile_object_paths_are_clean_errors(tmp_path: Path, planner_data: dic
     r = run_cli("reinit", folder, "--match", r"^model\.0\.bias$", "--scheme", "ones", "--out", tmp_path / "o.pt")
     assert r.exit_code == 2, r.stdout + r.stderr
     assert r.stderr.startswith("error:") and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert ".metadata" in r.stderr, r.stderr  # the file is named
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_reinit_out_pt_keeps_torch_values_and_names_what_weights_only_refuses(tmp_path: Path) -> None:
+    """dtypes and torch.Size values are written back as torch's own globals (what weights_only
+    admits); an argparse.Namespace is written as dcp_to_torch_save writes it, with a warning that
+    weights_only refuses it; a torch.device (which pinit does not unpickle) is left out, named."""
+    import argparse
+
+    state = {
+        "w": torch.ones(2),
+        "cfg": {"param_dtype": torch.bfloat16, "size": torch.Size([2, 3]), "tags": {"a", "b"}, "raw": b"xy"},
+        "dtype": torch.float16,
+        "args": argparse.Namespace(lr=0.1),
+        "device": torch.device("cpu"),
+    }
+    dcp.save(state, checkpoint_id=str(tmp_path / "ck"))
+    torch_pt = tmp_path / "torch.pt"
+    dcp_to_torch_save(str(tmp_path / "ck"), str(torch_pt))
+    expected = torch.load(torch_pt, weights_only=False)
+    out = tmp_path / "out.pt"
+    r = run_cli("reinit", tmp_path / "ck", "--match", "^w$", "--scheme", "zeros", "--out", out)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert any("not written" in line and line.endswith(": device") for line in lines), lines
+    assert any("argparse.Namespace" in line and "weights_only=True" in line for line in lines), lines
+    got = torch.load(out, weights_only=False)
+    del expected["device"]
+    _assert_same_tree(expected, got, differ=frozenset({"w"}))
+    assert type(got["cfg"]["size"]) is torch.Size and got["dtype"] is torch.float16
+    assert got["args"] == argparse.Namespace(lr=0.1)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        assert torch.load(out, weights_only=True)["cfg"]["param_dtype"] is torch.bfloat16
+    r = run_cli("check", out, "--format", "json")  # pinit reads its own output
+    assert r.exit_code == 0, r.stdout + r.stderr
 
 
 def _item_bytes(folder: Path) -> dict[tuple[str, tuple[int, ...] | None], bytes]:

@@ -329,7 +329,12 @@ def _save_flat_dict_as_torch(
     lays out (``Source.torch_layout``: a flat state dict of the tensors by name, as
     ``torch.save(load_file(...))`` writes; for DCP the nested state dict ``dcp_to_torch_save``
     writes), streamed by pinit's own torch-zip writer: one tensor in memory at a time, no torch."""
-    from pinit.formats.torch_zip_write import tensor_standins, write_state_dict_zip
+    from pinit.formats.torch_zip_write import (
+        needs_unsafe_load,
+        state_dict_pickle,
+        tensor_standins,
+        write_state_dict_zip,
+    )
 
     if _metadata(ckpt):
         warnings.append("torch files have no metadata: the safetensors __metadata__ is dropped")
@@ -338,13 +343,20 @@ def _save_flat_dict_as_torch(
     obj, dropped = ckpt.source.torch_layout(tensor_standins(specs))
     if dropped:  # e.g. DCP's non-tensor values that pinit does not unpickle (big, or refused)
         warnings.append(f"non-tensor content is not written (pinit does not unpickle it): {_some(dropped)}")
+    pickled, globals_written = state_dict_pickle(obj)
+    unsafe = needs_unsafe_load(globals_written)
+    if unsafe:
+        warnings.append(
+            f"{target} holds values of {_some(unsafe)}, which torch.load(weights_only=True) refuses unless "
+            "they are allowed with torch.serialization.add_safe_globals (pinit reads them)"
+        )
     if isinstance(values, PendingValues):
         pending, fill = values.names, values.produce
     else:
         given = dict(values)
         pending, fill = frozenset(given), lambda: (((n,), v) for n, v in given.items())
     with atomic_file(target, backup, force=force, warnings=warnings) as fd:
-        write_state_dict_zip(fd, specs, lambda i: entries[i].iter_bytes(), pending, fill, progress, obj)
+        write_state_dict_zip(fd, specs, lambda i: entries[i].iter_bytes(), pending, fill, progress, pickled)
 
 
 def _torch_save(

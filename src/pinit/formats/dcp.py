@@ -289,16 +289,22 @@ def _path_part(part: Any, n_items: int) -> bool:
     return isinstance(part, int) and not isinstance(part, bool) and 0 <= part <= n_items + MAX_LIST_SLACK
 
 
-def set_element(root: dict[str, Any], path: ObjPath, value: Any) -> None:
+def set_element(root: dict[str, Any], path: ObjPath, value: Any, budget: list[int] | None = None) -> None:
     """Put ``value`` at ``path`` in a nested state dict, building dicts (for str keys) and lists
     (for int indexes, padded with None) on the way: ``torch.distributed.checkpoint``'s
     ``set_element``, which ``dcp_to_torch_save`` rebuilds the state dict with.  Paths that
     contradict each other (a key below a value, a str key into a list, two items at one place,
-    where torch would keep the last one) are a PinitError."""
+    where torch would keep the last one) are a PinitError.  ``budget``: how many list slots may
+    still be padded with None, over all the calls sharing it (each path's indexes are bounded,
+    but many deep paths together must not build huge lists either)."""
 
     def extend(lst: list[Any], i: int) -> None:
-        while len(lst) <= i:
-            lst.append(None)
+        if i >= len(lst):
+            if budget is not None:
+                budget[0] -= i + 1 - len(lst)
+                if budget[0] < 0:
+                    raise PinitError("DCP metadata: the object paths' list indexes leave too many gaps")
+            lst.extend([None] * (i + 1 - len(lst)))
 
     cur: Any = root
     try:
@@ -674,8 +680,11 @@ class DcpSource(Source):
         """The nested state dict ``dcp_to_torch_save`` writes: every item at its object path,
         ``tensors[name]`` for the tensors, the non-tensor values as read (as data); a value pinit
         does not unpickle (big, holding a tensor, or refused) is left out and named."""
+        from pinit.formats.torch_zip_write import state_dict_pickle
+
         root: dict[str, Any] = {}
         dropped: list[str] = []
+        budget = [len(self.paths) + MAX_LIST_SLACK]  # list slots all items together may pad
         for name, path in self.paths.items():
             value = self.tree[name]
             if isinstance(value, _TensorLeaf):
@@ -683,7 +692,17 @@ class DcpSource(Source):
             elif isinstance(value, NonTensorItem):
                 dropped.append(name)
                 continue
-            set_element(root, (name,) if path is None else path, value)
+            else:
+                try:
+                    state_dict_pickle(value)  # small (MAX_VALUE_BYTES): what cannot be written back is left out
+                except PinitError:
+                    dropped.append(name)
+                    continue
+            try:
+                set_element(root, (name,) if path is None else path, value, budget)
+            except PinitError as e:
+                e.path = e.path or self.metadata_path
+                raise
         return root, dropped
 
     def files(self) -> list[str]:

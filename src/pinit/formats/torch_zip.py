@@ -147,6 +147,16 @@ def opaque_class(full: str) -> type:
     return type(full.rpartition(".")[2], (Opaque,), {"_pinit_global": full})
 
 
+class TorchSize(tuple):  # type: ignore[type-arg]
+    """A ``torch.Size`` read from a pickle: a tuple (as everything else sees it) that is pickled
+    again as ``torch.Size``, so a value written back keeps its type."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (opaque_class("torch.Size"), (tuple(self),))
+
+
 class ModulePlaceholder(Opaque):
     """Stands in for a class that may be an ``nn.Module`` (or a TorchScript class) of a whole
     pickled model: built by NEWOBJ and BUILD like any placeholder, nothing of the class is run.
@@ -358,7 +368,7 @@ _PLAIN: dict[str, Any] = {
     "builtins.bytearray": _bytearray,
     "builtins.complex": complex,
     "_codecs.encode": _codecs_encode,
-    "torch.Size": tuple,
+    "torch.Size": TorchSize,
     "torch.device": _Marker("device"),
     "torch.serialization._get_layout": _Marker("layout"),
     "torch.nn.parameter.Parameter": _Marker("type", "Parameter"),

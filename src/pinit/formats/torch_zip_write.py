@@ -31,7 +31,7 @@ import numpy as np
 
 from pinit import dtypes
 from pinit.errors import PinitError
-from pinit.formats.torch_zip import PlaceholderPickler, opaque_class
+from pinit.formats.torch_zip import PlaceholderPickler, _Marker, opaque_class
 
 ALIGNMENT = 64  # torch's .storage_alignment
 PREFIX = "archive"  # the record prefix torch.save gives a file object
@@ -75,12 +75,54 @@ class _Tensor:
         return (_REBUILD_V3, (*args, opaque_class(f"torch.{self.dtype}")))
 
 
+# what torch.load(weights_only=True) admits without add_safe_globals, besides torch's own names
+# (torch 2.13, torch/_weights_only_unpickler.py: _get_allowed_globals)
+WEIGHTS_ONLY_PLAIN = frozenset(
+    {
+        "collections.OrderedDict",
+        "collections.Counter",
+        "_codecs.encode",
+        "builtins.bytearray",
+        "builtins.set",
+        "builtins.complex",
+    }
+)
+
+
 class _TorchPickler(PlaceholderPickler):
+    """Pickles as torch.save does: storages as persistent ids, dtypes and qschemes read from a
+    pickle (``torch_zip._Marker``) as the globals ``torch.<name>``; ``globals`` collects every
+    global written."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.globals: set[str] = set()
+
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, _Storage):
             cls = _STORAGE_CLASS.get(obj.dtype, _UNTYPED)
             return ("storage", cls, obj.key, "cpu", obj.numel)
         return None
+
+    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+        if isinstance(obj, _Marker):
+            if obj.name in ("dtype", "qscheme") and isinstance(obj.value, str):
+                self.save_global(opaque_class(f"torch.{obj.value}"))
+                return
+            raise PinitError(f"a torch {obj.name} object cannot be written back")
+        super().save(obj, save_persistent_id)
+
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        full = getattr(obj, "_pinit_global", None) if isinstance(obj, type) else None
+        if full is None:
+            full = f"{getattr(obj, '__module__', None) or '?'}.{name or getattr(obj, '__qualname__', '?')}"
+        self.globals.add(full)
+        super().save_global(obj, name)
+
+
+def needs_unsafe_load(names: set[str]) -> list[str]:
+    """The globals of ``names`` that ``torch.load(weights_only=True)`` refuses by default."""
+    return sorted(n for n in names if not n.startswith("torch.") and n not in WEIGHTS_ONLY_PLAIN)
 
 
 def tensor_standins(tensors: Sequence[tuple[str, str, tuple[int, ...]]]) -> dict[str, Any]:
@@ -93,11 +135,13 @@ def tensor_standins(tensors: Sequence[tuple[str, str, tuple[int, ...]]]) -> dict
     return {name: _Tensor(str(i), dtype, tuple(shape)) for i, (name, dtype, shape) in enumerate(tensors)}
 
 
-def state_dict_pickle(obj: Any) -> bytes:
-    """``data.pkl`` of ``obj``: plain data holding the stand-ins of :func:`tensor_standins`."""
+def state_dict_pickle(obj: Any) -> tuple[bytes, set[str]]:
+    """``data.pkl`` of ``obj`` (plain data holding the stand-ins of :func:`tensor_standins`) and
+    the globals it names; a PinitError for an object that cannot be written back."""
     buf = io.BytesIO()
-    _TorchPickler(buf, protocol=2).dump(obj)
-    return buf.getvalue()
+    pickler = _TorchPickler(buf, protocol=2)
+    pickler.dump(obj)
+    return buf.getvalue(), pickler.globals
 
 
 def _aligned_info(name: str, size: int, offset: int) -> zipfile.ZipInfo:
@@ -120,13 +164,13 @@ def write_state_dict_zip(
     pending: frozenset[str] = frozenset(),
     fill: Callable[[], Iterable[tuple[Sequence[str], np.ndarray]]] | None = None,
     progress: Callable[[int], None] | None = None,
-    obj: Any = None,
+    pickled: bytes | None = None,
 ) -> None:
-    """Write a torch zip of ``obj`` (by default the flat dict ``{name: tensor}``) to ``fd`` (a
-    new, empty file).
+    """Write a torch zip to ``fd`` (a new, empty file): its ``data.pkl`` is ``pickled`` (from
+    :func:`state_dict_pickle` of an object holding the stand-ins of :func:`tensor_standins` of the
+    same ``tensors``), by default the flat dict ``{name: tensor}``.
 
-    ``tensors`` are (name, dtype, shape) in the dict's order; ``obj`` holds their stand-ins
-    (:func:`tensor_standins` of the same ``tensors``); ``chunks_of(i)`` yields the bytes
+    ``tensors`` are (name, dtype, shape) in the dict's order; ``chunks_of(i)`` yields the bytes
     of tensor ``i`` in chunks, for every name not in ``pending``; the bytes of the ``pending``
     names come from ``fill()``, one tensor (and the names sharing it) at a time."""
     sizes = [_nbytes(dtype, shape) for _, dtype, shape in tensors]
@@ -149,7 +193,7 @@ def write_state_dict_zip(
             if done != sizes[i]:
                 raise PinitError(f"tensor '{tensors[i][0]}': {done} bytes written, not {sizes[i]}")
 
-        member("data.pkl", state_dict_pickle(tensor_standins(tensors) if obj is None else obj))
+        member("data.pkl", pickled if pickled is not None else state_dict_pickle(tensor_standins(tensors))[0])
         member(".format_version", b"1")
         member(".storage_alignment", str(ALIGNMENT).encode())
         member("byteorder", b"little")
