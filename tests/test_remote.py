@@ -684,6 +684,35 @@ def test_a_file_replaced_while_read_is_refused(root: Path, srv: RangeServer, tmp
             (root / name).unlink(missing_ok=True)
 
 
+def test_sigterm_during_a_write_removes_the_temporary_file(root: Path, srv: RangeServer, tmp_path: Path) -> None:
+    """A cancelled CI job (SIGTERM) in the middle of a slow download into the output: the
+    temporary file goes, one error line, exit 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    torch.save({"a": torch.randn(5 * MB), "w": torch.randn(4, 4)}, root / "slow.pt")
+    srv.httpd.delay = 0.3  # each range body waits: the download takes a few seconds
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "pinit", "reinit", f"{srv.url}/slow.pt", "-m", "^w$", "-s", "zeros"]
+    p = subprocess.Popen([*cmd, "-o", str(out / "new.pt")], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob(".pinit-tmp-*")) and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        assert list(out.glob(".pinit-tmp-*")), "the write never started"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+        (root / "slow.pt").unlink()
+    assert p.returncode == 143, err
+    assert err.startswith("error:") and "SIGTERM" in err and err.count("\n") == 1, err
+    assert not list(out.iterdir()), list(out.iterdir())
+
+
 def test_remote_torch_zip_reinit_to_safetensors(root: Path, srv: RangeServer, tmp_path: Path) -> None:
     url = f"{srv.url}/model.pt"
     r = run_cli("reinit", url, "--scheme", "zeros", "--match", "w$", "--out", tmp_path / "out.safetensors")

@@ -4,7 +4,9 @@ can cause, a traceback only with ``--debug`` (or ``PINIT_DEBUG=1``)."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -71,17 +73,23 @@ class PinitGroup(typer.core.TyperGroup):
         if not argv and not os.environ.get(complete_var or "_PINIT_COMPLETE"):
             argv = ["--help"]  # bare `pinit`: the help on stdout, exit 0 (not a usage error)
         code: int
+        previous = _on_sigterm_raise()
         try:
             rv = super().main(argv, prog_name or "pinit", complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else EXIT_OK
         except typer.Exit as e:
             code = e.exit_code
+            if isinstance(e.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into a silent exit 130
+                _print_error("interrupted; a file being written was removed")
         except typer.Abort:
             code = _print_error("interrupted")
         except PinitError as e:
             if debug_requested(argv):
                 traceback.print_exc()
             code = _print_error(str(e))
+        except Terminated:
+            _print_error("terminated (SIGTERM); a file being written was removed")
+            code = EXIT_TERMINATED
         except KeyboardInterrupt:
             code = _print_error("interrupted")
         except BrokenPipeError:
@@ -95,6 +103,32 @@ class PinitGroup(typer.core.TyperGroup):
                 code = _print_error(e.format_message() + hint)  # type: ignore[attr-defined]
             else:
                 code = _print_error(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+EXIT_TERMINATED = 128 + 15  # what a shell reports for a process SIGTERM ended
+
+
+class Terminated(BaseException):
+    """SIGTERM (a CI job cancelled, ``kill``, a container stopped), raised in the main thread so
+    that, as for Ctrl-C, every ``finally`` runs: the temporary file of a write is removed. Not a
+    KeyboardInterrupt, which typer would turn into a silent exit 130."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _on_sigterm_raise() -> Any:
+    """Make SIGTERM raise :class:`Terminated` while the command runs (main thread only, and only
+    where nobody else set a handler); the previous handler, to restore, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
