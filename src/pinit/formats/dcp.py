@@ -33,6 +33,7 @@ import io
 import itertools
 import math
 import os
+import pickle
 import threading
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -695,7 +696,7 @@ class DcpSource(Source):
             else:
                 try:
                     state_dict_pickle(value)  # small (MAX_VALUE_BYTES): what cannot be written back is left out
-                except PinitError:
+                except (PinitError, pickle.PicklingError, TypeError, ValueError, RecursionError):
                     dropped.append(name)
                     continue
             try:
