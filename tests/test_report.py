@@ -38,6 +38,7 @@ def _images(page: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
 
 
+@pytest.mark.slow  # plots or torch's own loader: seconds; CI runs it
 def test_report_uninit_cnn_has_flags_names_and_plots(tmp_path: Path) -> None:
     page = _html(tmp_path, SAMPLES / "uninit_cnn.pt")
     assert page.startswith("<!DOCTYPE html>")
@@ -57,6 +58,7 @@ def test_report_uninit_cnn_has_flags_names_and_plots(tmp_path: Path) -> None:
     assert "<script" not in page.lower()
 
 
+@pytest.mark.slow  # plots or torch's own loader: seconds; CI runs it
 def test_report_lightning_shows_meta_and_tied(tmp_path: Path) -> None:
     page = _html(tmp_path, SAMPLES / "lightning.ckpt")
     meta = page[page.index('id="meta"') :]
@@ -80,6 +82,7 @@ def test_report_escapes_names_and_meta(tmp_path: Path) -> None:
     assert "\u202e" not in page and "w\\u202eb" in page  # a bidi override is shown, not obeyed
 
 
+@pytest.mark.slow  # plots or torch's own loader: seconds; CI runs it
 def test_report_png_dir(tmp_path: Path) -> None:
     pngs = tmp_path / "plots"
     r = run_cli("report", SAMPLES / "uninit_cnn.pt", "-o", tmp_path / "r.html", "--png", pngs)
@@ -304,6 +307,7 @@ def test_inspect_meta_shared_references_stay_small(tmp_path: Path) -> None:
     assert len(page) < 500_000
 
 
+@pytest.mark.slow  # plots or torch's own loader: seconds; CI runs it
 def test_report_refuses_to_overwrite_its_input_and_writes_nothing_on_failure(tmp_path: Path) -> None:
     ckpt = tmp_path / "m.pt"
     shutil.copy(SAMPLES / "tiny_cnn.pt", ckpt)

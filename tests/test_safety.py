@@ -204,6 +204,7 @@ def test_sample_legacy_checkpoint_loads(samples: Path) -> None:
     assert r.json()["summary"]["tensors"] > 0
 
 
+@pytest.mark.slow  # plots or torch's own loader: seconds; CI runs it
 def test_legacy_bytearray_bomb_is_refused_before_torch_reads_it(tmp_path):
     """torch's own weights_only loader admits ``bytearray(n)``; pinit's pre-scan of legacy
     pickles refuses it, so a few bytes cannot make the process allocate gigabytes."""
