@@ -524,6 +524,56 @@ def test_s3_missing_key(s3: str) -> None:
     assert f"{s3}/nothing.safetensors" in r.stderr and "not found (HTTP 404)" in r.stderr
 
 
+def test_s3_object_overwritten_during_a_download_is_refused(
+    root: Path, s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3 gives no validator per range: the download into a .pt asks for the object's ETag again
+    at its end, so an overwrite during it leaves nothing written."""
+    import boto3
+
+    from pinit.remote import RemoteFile
+
+    bucket, prefix = s3.split("/", 3)[2:]
+    key = f"{prefix}/over/model.pt"
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    gen = torch.Generator().manual_seed(7)
+    versions = []
+    for _ in range(2):
+        buf = io.BytesIO()
+        torch.save({"a": torch.randn(3 * MB, generator=gen), "w": torch.randn(4, 4, generator=gen)}, buf)
+        versions.append(buf.getvalue())
+    client.put_object(Bucket=bucket, Key=key, Body=versions[0])
+    real = RemoteFile.read_data
+    calls = {"n": 0}
+
+    def overwrite_after_the_first_piece(self: RemoteFile, offset: int, out: memoryview, limit: int) -> None:
+        real(self, offset, out, limit)
+        if len(out) >= MB:  # tensor data (not a header)
+            calls["n"] += 1
+            if calls["n"] == 1:
+                client.put_object(Bucket=bucket, Key=key, Body=versions[1])
+
+    monkeypatch.setattr(RemoteFile, "read_data", overwrite_after_the_first_piece)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run_cli("reinit", f"{s3}/over/model.pt", "-m", "^w$", "-s", "zeros", "-o", out / "new.pt")
+    assert calls["n"] >= 1, r.stdout + r.stderr
+    assert_one_error_line(r)
+    assert "changed on the server while pinit read it" in r.stderr, r.stderr
+    assert not list(out.iterdir())
+    calls["n"] = 0  # the same into safetensors (the tensors read by ranges, not downloaded whole)
+    client.put_object(Bucket=bucket, Key=key, Body=versions[0])
+    r = run_cli("reinit", f"{s3}/over/model.pt", "-m", "^w$", "-s", "zeros", "-o", out / "new.safetensors")
+    assert calls["n"] >= 1, r.stdout + r.stderr
+    assert_one_error_line(r)
+    assert "changed on the server while pinit read it" in r.stderr, r.stderr
+    assert not list(out.iterdir())
+    monkeypatch.setattr(RemoteFile, "read_data", real)  # unchanged: the same download is written
+    r = run_cli("reinit", f"{s3}/over/model.pt", "-m", "^w$", "-s", "zeros", "-o", out / "new.pt")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert torch.equal(torch.load(out / "new.pt", weights_only=True)["w"], torch.zeros(4, 4))
+
+
 # --- Hugging Face Hub (a stub of HF_ENDPOINT) ---------------------------------------------------------
 
 

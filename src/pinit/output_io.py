@@ -228,10 +228,22 @@ def _write_as_safetensors(
         tensors = [OutTensor(e.name, e.dtype, e.shape, source=e, pending=e.name in pending.names) for e in ckpt.tensors]
         with atomic_file(target, backup, force=force, warnings=warnings) as fd:
             write_safetensors(fd, tensors, metadata, fill=pending.produce)
+            _remote_inputs_unchanged(ckpt)
         return
     tensors = [OutTensor(e.name, e.dtype, e.shape, data=values.get(e.name), source=e) for e in ckpt.tensors]
     with atomic_file(target, backup, force=force, warnings=warnings) as fd:
         write_safetensors(fd, tensors, metadata)
+        _remote_inputs_unchanged(ckpt)
+
+
+def _remote_inputs_unchanged(ckpt: Checkpoint) -> None:
+    """Before an output made from remote files is renamed into place: each remote file it read
+    is asked for its validator again (``RemoteFile.check_unchanged``), so a file replaced during
+    the read (where the store gives no validator per range) leaves nothing written."""
+    for c in _shards(ckpt) or [ckpt]:
+        fd = getattr(c.source, "fd", None)
+        if fd is not None and not isinstance(fd, int):
+            fd.check_unchanged()
 
 
 def non_tensor_names(ckpt: Checkpoint) -> list[str]:
@@ -469,6 +481,8 @@ class _Copier:
                 done += n
                 if self.progress is not None:
                     self.progress(n)
+            if remote and not self._stop.is_set():
+                self.src_fd.check_unchanged()  # type: ignore[union-attr]
             if not self._stop.is_set():
                 getattr(os, "fdatasync", os.fsync)(self.dst_fd)
         except BaseException as e:

@@ -189,6 +189,10 @@ class Backend:
         """What changes when the file changes (ETag, Last-Modified), or "" where none is known."""
         return ""
 
+    def current_validator(self) -> str:
+        """The validator asked for again now (not the one read when the file was opened)."""
+        return ""
+
     def fetch(self, start: int, end: int) -> bytes:
         """The bytes ``[start, end)`` exactly (fewer only at the end of the file)."""
         raise NotImplementedError
@@ -220,6 +224,12 @@ class HttpBackend(Backend):
     def validator(self) -> str:
         self.size()
         return self._validator
+
+    def current_validator(self) -> str:
+        first = self.validator()
+        _retrying(self._size_once, self.display)  # HEAD again: sets the validator it answers
+        now, self._validator = self._validator, first
+        return now
 
     def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         conns: dict[tuple[str, str], http.client.HTTPConnection] = self._local.__dict__.setdefault("conns", {})
@@ -362,13 +372,26 @@ class FsspecBackend(Backend):
             if info.get("type") == "directory":
                 raise PinitError("is a folder (prefix), not a file", self.display)
             self._size = int(info["size"])
-            keys = ("ETag", "etag", "generation", "LastModified", "updated", "mtime")
-            self._validator = "|".join(str(info.get(k, "")) for k in keys)
+            self._validator = self._validator_of(info)
         return self._size
+
+    @staticmethod
+    def _validator_of(info: dict[str, Any]) -> str:
+        keys = ("ETag", "etag", "generation", "LastModified", "updated", "mtime")
+        return "|".join(str(info.get(k, "")) for k in keys)
 
     def validator(self) -> str:
         self.size()
         return self._validator
+
+    def current_validator(self) -> str:
+        self.size()
+        try:
+            self.fs.invalidate_cache(self.path)  # fsspec keeps listings: ask the store itself
+        except Exception:  # a filesystem without a cache to drop
+            pass
+        info = _retrying(lambda: _fs_call(lambda: self.fs.info(self.path), self.display), self.display)
+        return self._validator_of(info)
 
     def fetch(self, start: int, end: int) -> bytes:
         if end <= start:
@@ -388,7 +411,7 @@ def _same_file(first: str, now: str, display: str) -> None:
     """Refuse a range whose ETag or Last-Modified (either, where both answers carry it) differs
     from the file's when it was opened: the file was replaced while pinit read it, and bytes of
     two versions must never be mixed into one verdict or one output file."""
-    for was, got in zip(first.split("|", 1), now.split("|", 1), strict=False):
+    for was, got in zip(first.split("|"), now.split("|"), strict=False):
         if was and got and was != got:
             raise PinitError(
                 "the file changed on the server while pinit read it (its ETag/Last-Modified differ "
@@ -410,6 +433,9 @@ class CachedBackend(Backend):
 
     def validator(self) -> str:
         return self.inner.validator()
+
+    def current_validator(self) -> str:
+        return self.inner.current_validator()
 
     def _path(self, start: int, end: int) -> str:
         import hashlib
@@ -863,6 +889,13 @@ class RemoteFile:
 
     def reader(self) -> RemoteReader:
         return RemoteReader(self)
+
+    def check_unchanged(self) -> None:
+        """After a whole read (a download into an output file): ask the store for the file's
+        validator again; a different one means the file was replaced while it was read, which
+        per-range checks cannot see where the store gives no validator per range (S3, GCS
+        through fsspec)."""
+        _same_file(self.backend.validator(), self.backend.current_validator(), self.url)
 
     def close(self) -> None:
         self.closed = True
