@@ -574,6 +574,44 @@ def test_s3_object_overwritten_during_a_download_is_refused(
     assert torch.equal(torch.load(out / "new.pt", weights_only=True)["w"], torch.zeros(4, 4))
 
 
+def test_s3_check_of_an_object_overwritten_while_read_is_unreadable(
+    root: Path, s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check over S3: once the statistics are read, the object's ETag is asked for again; a
+    new one makes the file unreadable (no verdict on bytes of two versions)."""
+    import boto3
+
+    from pinit.remote import RemoteFile
+
+    bucket, prefix = s3.split("/", 3)[2:]
+    key = f"{prefix}/over/checked.safetensors"
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    client.upload_file(str(root / "stream.safetensors"), bucket, key)
+    other = tmp_path / "other.safetensors"  # the same size and layout, other values
+    save_file({"big": torch.randn(5 * MB, generator=torch.Generator().manual_seed(9))}, str(other))
+    assert other.stat().st_size == (root / "stream.safetensors").stat().st_size
+    real = RemoteFile.read_data
+    done = {"overwritten": False}
+
+    def overwrite_once(self: RemoteFile, offset: int, out: memoryview, limit: int) -> None:
+        real(self, offset, out, limit)
+        if not done["overwritten"]:
+            done["overwritten"] = True
+            client.upload_file(str(other), bucket, key)
+
+    monkeypatch.setattr(RemoteFile, "read_data", overwrite_once)
+    r = run_cli("check", f"{s3}/over/checked.safetensors", "--format", "json")
+    assert done["overwritten"], r.stdout + r.stderr
+    assert r.exit_code == 1, r.stdout + r.stderr
+    findings = r.json()["files"][0]["findings"]
+    assert [f["code"] for f in findings] == ["unreadable"], findings
+    assert "changed on the server while pinit read it" in findings[0]["message"], findings
+    monkeypatch.setattr(RemoteFile, "read_data", real)
+    client.upload_file(str(root / "stream.safetensors"), bucket, key)
+    r = run_cli("check", f"{s3}/over/checked.safetensors", "--format", "json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+
+
 # --- Hugging Face Hub (a stub of HF_ENDPOINT) ---------------------------------------------------------
 
 

@@ -181,6 +181,7 @@ class Backend:
     """One remote file: its size and exact byte ranges (``display``: the URL as shown)."""
 
     display: str
+    checks_each_range = False  # True: every range answer is checked against the validator
 
     def size(self) -> int:
         raise NotImplementedError
@@ -201,6 +202,8 @@ class Backend:
 class HttpBackend(Backend):
     """A file behind an HTTP(S) URL read with HEAD and ranged GETs (keep-alive connections, one per
     thread and host). ``headers`` (a token) are sent to ``url``'s host only, never to a redirect's."""
+
+    checks_each_range = True  # each 206's ETag/Last-Modified is compared (_same_file)
 
     def __init__(self, url: str, headers: dict[str, str] | None = None, display: str | None = None) -> None:
         self.url = url
@@ -436,6 +439,10 @@ class CachedBackend(Backend):
 
     def current_validator(self) -> str:
         return self.inner.current_validator()
+
+    @property
+    def checks_each_range(self) -> bool:  # type: ignore[override]
+        return self.inner.checks_each_range
 
     def _path(self, start: int, end: int) -> str:
         import hashlib
@@ -894,8 +901,9 @@ class RemoteFile:
         """After a whole read (a download into an output file): ask the store for the file's
         validator again; a different one means the file was replaced while it was read, which
         per-range checks cannot see where the store gives no validator per range (S3, GCS
-        through fsspec)."""
-        _same_file(self.backend.validator(), self.backend.current_validator(), self.url)
+        through fsspec). Nothing to ask where every range answer was checked already (HTTP)."""
+        if not self.backend.checks_each_range:
+            _same_file(self.backend.validator(), self.backend.current_validator(), self.url)
 
     def close(self) -> None:
         self.closed = True
