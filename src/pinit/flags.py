@@ -29,7 +29,7 @@ from itertools import islice
 from typing import TYPE_CHECKING
 
 from pinit.grouping import Group, group_of, storage_groups
-from pinit.storage import TensorEntry, contiguous_strides
+from pinit.storage import TensorEntry, contiguous_strides, remote_files_unchanged
 
 if TYPE_CHECKING:
     from pinit.stats import Stats
@@ -212,19 +212,8 @@ def assess(
     context = entries if context is None else context
     groups = storage_groups(context)
     stats = compute_all_stats(entries, max_abs, progress)
-    _remote_files_unchanged(entries)
+    remote_files_unchanged(entries)  # no verdict on bytes of two versions
     return Assessment(stats, checkpoint_flags(entries, stats, max_abs, context, groups), groups)
-
-
-def _remote_files_unchanged(entries: Sequence[TensorEntry]) -> None:
-    """No verdict on bytes of two versions: each remote file the statistics read from (a
-    ``pinit.remote.RangeStorage``) is asked whether it changed meanwhile (a PinitError if so)."""
-    seen: set[int] = set()
-    for e in entries:
-        rf = getattr(e.storage, "rf", None)
-        if rf is not None and id(rf) not in seen:
-            seen.add(id(rf))
-            rf.check_unchanged()
 
 
 def checkpoint_flags(

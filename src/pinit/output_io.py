@@ -30,7 +30,7 @@ from pinit.errors import PinitError
 from pinit.files import FileRef, reopen, size_of
 from pinit.flatten import flatten
 from pinit.grouping import storage_groups
-from pinit.storage import FileStorage, StreamStorage, TensorEntry, contiguous_strides
+from pinit.storage import FileStorage, StreamStorage, TensorEntry, contiguous_strides, remote_files_unchanged
 from pinit.writers import OutTensor, atomic_file, check_write, pwrite_all, write_error, write_safetensors
 
 REMOTE_COPY_CHUNK = 8 << 20  # a remote torch zip is downloaded into the output in these pieces
@@ -228,22 +228,12 @@ def _write_as_safetensors(
         tensors = [OutTensor(e.name, e.dtype, e.shape, source=e, pending=e.name in pending.names) for e in ckpt.tensors]
         with atomic_file(target, backup, force=force, warnings=warnings) as fd:
             write_safetensors(fd, tensors, metadata, fill=pending.produce)
-            _remote_inputs_unchanged(ckpt)
+            remote_files_unchanged(ckpt.tensors)  # before the rename: nothing of two versions is written
         return
     tensors = [OutTensor(e.name, e.dtype, e.shape, data=values.get(e.name), source=e) for e in ckpt.tensors]
     with atomic_file(target, backup, force=force, warnings=warnings) as fd:
         write_safetensors(fd, tensors, metadata)
-        _remote_inputs_unchanged(ckpt)
-
-
-def _remote_inputs_unchanged(ckpt: Checkpoint) -> None:
-    """Before an output made from remote files is renamed into place: each remote file it read
-    is asked for its validator again (``RemoteFile.check_unchanged``), so a file replaced during
-    the read (where the store gives no validator per range) leaves nothing written."""
-    for c in _shards(ckpt) or [ckpt]:
-        fd = getattr(c.source, "fd", None)
-        if fd is not None and not isinstance(fd, int):
-            fd.check_unchanged()
+        remote_files_unchanged(ckpt.tensors)
 
 
 def non_tensor_names(ckpt: Checkpoint) -> list[str]:
@@ -466,23 +456,23 @@ class _Copier:
 
         try:
             done = 0
-            remote = not isinstance(self.src_fd, int)
-            buf = memoryview(bytearray(REMOTE_COPY_CHUNK)) if remote else None
+            src = self.src_fd
+            buf = None if isinstance(src, int) else memoryview(bytearray(REMOTE_COPY_CHUNK))
             while done < self.size and not self._stop.is_set():
-                if isinstance(self.src_fd, int):
+                if isinstance(src, int):
                     n = min(zip_patch.COPY_CHUNK, self.size - done)
-                    zip_patch.copy_file(self.src_fd, self.dst_fd, n, src_offset=done, dst_offset=done)
+                    zip_patch.copy_file(src, self.dst_fd, n, src_offset=done, dst_offset=done)
                 else:
                     assert buf is not None
                     n = min(len(buf), self.size - done)
-                    self.src_fd.read_data(done, buf[:n], self.size)
+                    src.read_data(done, buf[:n], self.size)
                     pwrite_all(self.dst_fd, buf[:n], done)
                 start_writeback(self.dst_fd, done, n)
                 done += n
                 if self.progress is not None:
                     self.progress(n)
-            if remote and not self._stop.is_set():
-                self.src_fd.check_unchanged()  # type: ignore[union-attr]
+            if not isinstance(src, int) and not self._stop.is_set():
+                src.check_unchanged()
             if not self._stop.is_set():
                 getattr(os, "fdatasync", os.fsync)(self.dst_fd)
         except BaseException as e:

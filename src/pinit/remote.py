@@ -191,7 +191,8 @@ class Backend:
         return ""
 
     def current_validator(self) -> str:
-        """The validator asked for again now (not the one read when the file was opened)."""
+        """The validator asked for again now (not the one read when the file was opened); asked
+        only of a backend that does not check each range answer (``checks_each_range``)."""
         return ""
 
     def fetch(self, start: int, end: int) -> bytes:
@@ -227,12 +228,6 @@ class HttpBackend(Backend):
     def validator(self) -> str:
         self.size()
         return self._validator
-
-    def current_validator(self) -> str:
-        first = self.validator()
-        _retrying(self._size_once, self.display)  # HEAD again: sets the validator it answers
-        now, self._validator = self._validator, first
-        return now
 
     def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         conns: dict[tuple[str, str], http.client.HTTPConnection] = self._local.__dict__.setdefault("conns", {})

@@ -15,7 +15,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -655,3 +655,15 @@ def _is_contiguous(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
 def _chunks(data: np.ndarray, step: int) -> Iterator[np.ndarray]:
     for i in range(0, data.size, step):
         yield data[i : i + step]
+
+
+def remote_files_unchanged(entries: Sequence[TensorEntry]) -> None:
+    """After their data was read (statistics, an output file): each remote file the entries'
+    storages read from (a ``pinit.remote.RangeStorage``) is asked whether it changed meanwhile
+    (``RemoteFile.check_unchanged``: a PinitError if so)."""
+    seen: set[int] = set()
+    for e in entries:
+        rf = getattr(e.storage, "rf", None)
+        if rf is not None and id(rf) not in seen:
+            seen.add(id(rf))
+            rf.check_unchanged()
